@@ -1,0 +1,120 @@
+"""Trusted helpers that run inside the worker, next to the student's code.
+
+An adapter turns "build the student's module with these weights, run it, take gradients"
+into one request whose reply is plain tensors: the student's objects never leave the
+worker. Each adapter receives the ``Submission`` (``sub.load("attention.softmax")``)
+followed by the request's arguments. The grader trusts none of the values that come back:
+it compares them with the reference itself.
+"""
+import contextlib
+
+import torch
+
+
+class ForbiddenCall(RuntimeError):
+    pass
+
+
+def build_module(sub, cls, init_kwargs, state_dict=None, dtype=None):
+    """``cls(**init_kwargs)`` from the submission, with ``state_dict`` loaded strictly."""
+    module_class = sub.load(cls)
+    torch.manual_seed(0)  # any weights not given are at least reproducible
+    module = module_class(**init_kwargs)
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(f"{cls}(...) built a {type(module).__name__}, not a torch.nn.Module")
+    if dtype is not None:
+        module = module.to(dtype)  # before loading, so float64 weights stay float64
+    if state_dict is not None:
+        expected = dict(module.state_dict())
+        missing = sorted(set(state_dict) - set(expected))
+        unexpected = sorted(set(expected) - set(state_dict))
+        if missing or unexpected:
+            raise ValueError(
+                f"{cls}'s parameters do not have the names the API fixes: "
+                f"missing {missing or 'none'}; not in the API {unexpected or 'none'}")
+        wrong = [f"{name} is {tuple(expected[name].shape)}, expected {tuple(t.shape)}"
+                 for name, t in state_dict.items() if tuple(expected[name].shape) != tuple(t.shape)]
+        if wrong:
+            raise ValueError(f"{cls}'s parameter shapes differ from the API: " + "; ".join(wrong))
+        module.load_state_dict(state_dict, strict=True)
+    return module
+
+
+def module_forward(sub, cls, init_kwargs, state_dict, args, kwargs=None, *,
+                   dtype=None, grad_output=None, train=False):
+    """Run ``module(*args, **kwargs)``; with ``grad_output`` also backpropagate it.
+
+    Returns ``{"out"}`` plus, with ``grad_output``, ``{"param_grads": {name: grad},
+    "input_grads": [grad or None per positional arg]}``.
+    """
+    module = build_module(sub, cls, init_kwargs, state_dict, dtype)
+    module.train(train)
+    kwargs = kwargs or {}
+    if grad_output is not None:
+        args = [a.detach().requires_grad_(True) if _is_float_tensor(a) else a for a in args]
+    with contextlib.nullcontext() if grad_output is not None else torch.no_grad():
+        out = module(*args, **kwargs)
+    result = {"out": out}
+    if grad_output is not None:
+        if not isinstance(out, torch.Tensor) or out.grad_fn is None:
+            raise RuntimeError("the output is not connected to the inputs or weights by autograd "
+                               "(was something detached, or computed under no_grad?)")
+        out.backward(grad_output)
+        result["param_grads"] = {n: p.grad for n, p in module.named_parameters()}
+        result["input_grads"] = [a.grad if _is_float_tensor(a) else None for a in args]
+        result["out"] = out.detach()
+    return result
+
+
+def module_parameters(sub, cls, init_kwargs):
+    """Names, shapes and dtypes of the module's parameters, and which ones share storage."""
+    module = build_module(sub, cls, init_kwargs)
+    params = {name: {"shape": tuple(p.shape), "dtype": str(p.dtype)}
+              for name, p in module.named_parameters(remove_duplicate=False)}
+    by_storage = {}
+    for name, p in module.named_parameters(remove_duplicate=False):
+        by_storage.setdefault(p.data_ptr(), []).append(name)
+    shared = [names for names in by_storage.values() if len(names) > 1]
+    return {"parameters": params, "shared": shared}
+
+
+def function_grads(sub, target, args, kwargs, grad_output):
+    """``target(*args, **kwargs)`` and the gradients of ``grad_output`` w.r.t. float args."""
+    function = sub.load(target)
+    args = [a.detach().requires_grad_(True) if _is_float_tensor(a) else a for a in args]
+    out = function(*args, **(kwargs or {}))
+    if not isinstance(out, torch.Tensor) or out.grad_fn is None:
+        raise RuntimeError(f"{target}'s output is not connected to its inputs by autograd")
+    out.backward(grad_output)
+    return {"out": out.detach(), "input_grads": [a.grad if _is_float_tensor(a) else None for a in args]}
+
+
+@contextlib.contextmanager
+def _forbid(owner, name, message):
+    original = getattr(owner, name)
+
+    def forbidden(*args, **kwargs):
+        raise ForbiddenCall(message)
+
+    setattr(owner, name, forbidden)
+    try:
+        yield
+    finally:
+        setattr(owner, name, original)
+
+
+def call_without_builtin_softmax(sub, target, args, kwargs=None):
+    """Call ``target`` while every public softmax of torch raises ``ForbiddenCall``."""
+    function = sub.load(target)
+    message = f"{target} called torch's softmax; the exercise asks you to write it from exp and sum"
+    with contextlib.ExitStack() as stack:
+        for owner, name in [(torch, "softmax"), (torch.Tensor, "softmax"),
+                            (torch.nn.functional, "softmax"), (torch.special, "softmax"),
+                            (torch, "_softmax"), (torch.nn.Softmax, "forward")]:
+            if hasattr(owner, name):
+                stack.enter_context(_forbid(owner, name, message))
+        return function(*args, **(kwargs or {}))
+
+
+def _is_float_tensor(x):
+    return isinstance(x, torch.Tensor) and x.is_floating_point()

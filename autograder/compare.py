@@ -1,0 +1,120 @@
+"""Comparing a submission's values with the reference, and saying what went wrong.
+
+Tolerances come from the dtype of the values compared, never from the implementation under
+test (see ``tolerance``). On a mismatch the message says what was expected and what came
+(type, shape, dtype, NaN, largest error and where), and names a known mistake when the
+submission's value matches one of the wrong implementations in ``autograder.mistakes``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable
+
+import torch
+
+HALF = (torch.float16, torch.bfloat16)
+
+
+class Mismatch(AssertionError):
+    """A value from the submission is not what the reference says."""
+
+
+def tolerance(dtype: torch.dtype, n_terms: int = 1) -> float:
+    """Absolute and relative tolerance for a result of ``dtype`` next to a float64 reference.
+
+    Two error sources: the result and a few intermediate values (scores, exp, normalised
+    weights, the weighted sum) are each rounded to ``dtype`` -- a handful of relative errors
+    of eps/2, allowed for by ``8 * eps(dtype)``; and sums of ``n_terms`` products accumulate
+    rounding like a random walk, ``sqrt(n_terms)`` times the eps of the accumulator, which
+    is float32 for half inputs on CPU. The factor 8 on the second term leaves room for the
+    tails of that walk and for an exp amplifying absolute errors of scores of order 1.
+    Measured worst cases of correct implementations sit 3-10x below these values
+    (``tests/test_tolerances.py``).
+    """
+    eps = torch.finfo(dtype).eps
+    acc_eps = torch.finfo(torch.float32 if dtype in HALF else dtype).eps
+    return 8 * eps + 8 * acc_eps * math.sqrt(n_terms)
+
+
+def describe(value) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a {tuple(value.shape)} {str(value.dtype).replace('torch.', '')} tensor"
+    return f"a {type(value).__name__}" + (f" of length {len(value)}" if isinstance(value, (list, tuple, dict)) else "")
+
+
+def check_tensor(actual, expected: torch.Tensor, what: str, *, tol: float | None = None,
+                 n_terms: int = 1, dtype: torch.dtype | None = None,
+                 mistakes: Callable[[], Iterable[tuple[str, torch.Tensor]]] | None = None,
+                 exact: bool = False) -> None:
+    """Assert that ``actual`` (from the worker) equals ``expected`` (the reference).
+
+    ``dtype``: the dtype the submission must return (default: ``expected.dtype``).
+    ``mistakes``: a function giving ``(description, wrong_value)`` pairs, tried in order
+    only on a mismatch; the first that ``actual`` matches is named in the message.
+    """
+    dtype = dtype or expected.dtype
+    if not isinstance(actual, torch.Tensor):
+        raise Mismatch(f"{what}: expected a torch.Tensor, got {describe(actual)}")
+    if tuple(actual.shape) != tuple(expected.shape):
+        raise Mismatch(f"{what}: expected shape {tuple(expected.shape)}, got {tuple(actual.shape)}"
+                       + _named_mistake(actual, mistakes, tol=math.inf))
+    if actual.dtype != dtype:
+        raise Mismatch(f"{what}: expected dtype {str(dtype).replace('torch.', '')}, got "
+                       f"{str(actual.dtype).replace('torch.', '')}"
+                       + ("" if dtype == torch.bool else " (keep the caller's dtype)"))
+    if exact or dtype == torch.bool or not dtype.is_floating_point:
+        if not torch.equal(actual, expected.to(dtype)):
+            bad = (actual != expected).nonzero()
+            raise Mismatch(f"{what}: {len(bad)} of {expected.numel()} entries differ, first at "
+                           f"index {tuple(bad[0].tolist())}: expected {expected[tuple(bad[0])].item()}, "
+                           f"got {actual[tuple(bad[0])].item()}" + _named_mistake(actual, mistakes, tol=0.0))
+        return
+    tol = tolerance(dtype, n_terms) if tol is None else tol
+    a, e = actual.double(), expected.double()
+    finite = torch.isfinite(e)
+    nan_where_finite = torch.isnan(a) & finite
+    if nan_where_finite.any():
+        index = tuple(nan_where_finite.nonzero()[0].tolist())
+        raise Mismatch(f"{what}: NaN at index {index} ({int(nan_where_finite.sum())} NaN entries) "
+                       f"where {e[index].item():.6g} was expected"
+                       + _named_mistake(actual, mistakes, tol))
+    if not torch.equal(torch.isfinite(a), finite) or not torch.equal(a[~finite], e[~finite]):
+        index = tuple((torch.isfinite(a) != finite).nonzero()[0].tolist()) if not torch.equal(
+            torch.isfinite(a), finite) else tuple((~finite).nonzero()[0].tolist())
+        raise Mismatch(f"{what}: at index {index} expected {e[index].item()}, got {a[index].item()}"
+                       + _named_mistake(actual, mistakes, tol))
+    error = ((a - e).abs() - tol * e.abs())[finite]
+    if error.numel() and error.max() > tol:
+        diff = torch.where(finite, (a - e).abs(), torch.zeros_like(a))
+        index = tuple(torch.nonzero(diff == diff.max())[0].tolist())
+        raise Mismatch(f"{what}: values differ from the reference by up to {diff.max().item():.3g} "
+                       f"(allowed {tol:.2g} + {tol:.2g}*|expected| for "
+                       f"{str(dtype).replace('torch.', '')}); at index {index} expected "
+                       f"{e[index].item():.6g}, got {a[index].item():.6g}"
+                       + _named_mistake(actual, mistakes, tol))
+
+
+def close(actual: torch.Tensor, expected: torch.Tensor, tol: float) -> bool:
+    if not isinstance(actual, torch.Tensor) or actual.shape != expected.shape:
+        return False
+    if not actual.dtype.is_floating_point or math.isinf(tol):
+        return torch.equal(actual, expected.to(actual.dtype)) if not math.isinf(tol) else True
+    a, e = actual.double(), expected.double()
+    both_nan = torch.isnan(a) & torch.isnan(e)
+    ok = ((a - e).abs() <= tol + tol * e.abs()) | both_nan | (a == e)
+    return bool(ok.all())
+
+
+def _named_mistake(actual, mistakes, tol) -> str:
+    if mistakes is None:
+        return ""
+    for description, wrong in mistakes():
+        if wrong is None:
+            continue
+        if tuple(wrong.shape) != tuple(actual.shape):
+            continue
+        # a looser test than the one that failed: a mistake is named when it explains the
+        # value, not when it reproduces it to the last bit
+        if math.isinf(tol) or close(actual, wrong, max(tol, 1e-6) * 4):
+            return f"\n  This looks like a known mistake: {description}"
+    return ""

@@ -1,0 +1,139 @@
+"""Reports: a table in the terminal, a JSON file, and Gradescope's results.json."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+JSON_SCHEMA_VERSION = 1
+
+
+@dataclass
+class TestResult:
+    exercise: str
+    name: str
+    description: str
+    max_points: float
+    status: str  # passed | failed | error | skipped | not run
+    points: float = 0.0
+    message: str = ""
+    duration: float = 0.0
+
+
+@dataclass
+class Report:
+    submission: str
+    results: list[TestResult]
+    duration: float
+    worker_restarts: int = 0
+    exercises: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        if not self.exercises:
+            self.exercises = list(dict.fromkeys(r.exercise for r in self.results))
+
+    @property
+    def score(self) -> float:
+        return sum(r.points for r in self.results)
+
+    @property
+    def max_score(self) -> float:
+        return sum(r.max_points for r in self.results)
+
+    def exercise_results(self, exercise: str) -> list[TestResult]:
+        return [r for r in self.results if r.exercise == exercise]
+
+    def hint(self) -> str | None:
+        """The single most useful line: a named known mistake, else the first failure."""
+        failures = [r for r in self.results if r.status != "passed"]
+        for r in failures:
+            if "known mistake" in r.message:
+                return f"{r.exercise}/{r.name}: " + r.message.split("known mistake: ", 1)[1].splitlines()[0]
+        implemented = [r for r in failures if not r.message.startswith("not implemented")]
+        first = (implemented or failures or [None])[0]
+        return None if first is None else f"{first.exercise}/{first.name}: {first.message.splitlines()[0]}"
+
+    # -- terminal ---------------------------------------------------------------------------
+    def print(self, console: Console | None = None, verbose: bool = False) -> None:
+        # off a terminal rich assumes 80 columns, too narrow for the messages
+        console = console or Console(width=None if Console().is_terminal else 160)
+        style = {"passed": "green", "failed": "red", "error": "magenta"}
+        for exercise in self.exercises:
+            results = self.exercise_results(exercise)
+            score = sum(r.points for r in results)
+            total = sum(r.max_points for r in results)
+            table = Table(title=f"{exercise}: {_num(score)} / {_num(total)} points",
+                          title_justify="left", show_lines=False, expand=False)
+            table.add_column("test", overflow="fold", max_width=48)
+            table.add_column("points", justify="right")
+            table.add_column("status")
+            table.add_column("message", overflow="fold", max_width=90)
+            for r in results:
+                message = r.message if verbose else "\n".join(r.message.splitlines()[:3])
+                # Text, not str: rich would read "[vector]" in a test id as markup
+                table.add_row(Text(r.name), f"{_num(r.points)}/{_num(r.max_points)}",
+                              Text(r.status, style=style.get(r.status, "yellow")),
+                              Text(message or r.description if r.status != "passed" else ""))
+            console.print(table)
+        console.print(Text(f"Total: {_num(self.score)} / {_num(self.max_score)} points "
+                           f"({self.duration:.1f} s)", style="bold"))
+        hint = self.hint()
+        if hint:
+            console.print(Text("Hint: ", style="bold yellow") + Text(hint))
+
+    # -- files ------------------------------------------------------------------------------
+    def to_json(self) -> dict:
+        return {
+            "schema_version": JSON_SCHEMA_VERSION,
+            "submission": self.submission,
+            "score": self.score,
+            "max_score": self.max_score,
+            "duration_s": round(self.duration, 3),
+            "worker_restarts": self.worker_restarts,
+            "exercises": [
+                {"name": ex,
+                 "score": sum(r.points for r in self.exercise_results(ex)),
+                 "max_score": sum(r.max_points for r in self.exercise_results(ex)),
+                 "tests": [asdict(r) for r in self.exercise_results(ex)]}
+                for ex in self.exercises],
+        }
+
+    def to_gradescope(self) -> dict:
+        """Gradescope's autograder results format (one entry per test)."""
+        tests = []
+        for number, r in enumerate(self.results, start=1):
+            output = r.description if r.status == "passed" else f"{r.description}\n{r.message}".strip()
+            tests.append({
+                "name": f"{r.exercise}: {r.name}",
+                "number": str(number),
+                "score": r.points,
+                "max_score": r.max_points,
+                "status": "passed" if r.status == "passed" else "failed",
+                "output": output,
+                "tags": [r.exercise],
+                "visibility": "visible",
+            })
+        return {
+            "score": self.score,
+            "execution_time": round(self.duration, 3),
+            "output": f"Total {_num(self.score)} / {_num(self.max_score)} points."
+                      + (f" Hint: {self.hint()}" if self.hint() else ""),
+            "visibility": "visible",
+            "stdout_visibility": "hidden",
+            "tests": tests,
+        }
+
+    def write_json(self, path: str) -> None:
+        with open(path, "w") as f:
+            json.dump(self.to_json(), f, indent=2)
+
+    def write_gradescope(self, path: str) -> None:
+        with open(path, "w") as f:
+            json.dump(self.to_gradescope(), f, indent=2)
+
+
+def _num(x: float) -> str:
+    return f"{x:g}"

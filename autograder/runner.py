@@ -1,0 +1,101 @@
+"""The runner: pytest over the hidden suites, in this process, with points.
+
+Each suite is a plain pytest file ``autograder/suites/test_<exercise>.py``. A test asks the
+worker for the submission's values and compares them with ``solutions/`` itself. The plugin
+below hands the tests their ``worker`` fixture, reads each test's ``points`` marker and
+turns its outcome into a ``TestResult`` (the docstring is the line a student reads).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .report import Report, TestResult
+from .sandbox import SubmissionError, Worker
+
+ROOT = Path(__file__).resolve().parent.parent
+SUITES = Path(__file__).resolve().parent / "suites"
+
+
+def available_exercises() -> list[str]:
+    return sorted(p.stem[len("test_"):] for p in SUITES.glob("test_*.py"))
+
+
+class GradingPlugin:
+    def __init__(self, worker: Worker):
+        self._worker = worker
+        self.results: dict[str, TestResult] = {}
+
+    @pytest.fixture(scope="session")
+    def worker(self) -> Worker:
+        return self._worker
+
+    def pytest_configure(self, config):
+        config.addinivalue_line("markers", "points(n): points a passing test earns")
+
+    def pytest_collection_modifyitems(self, items):
+        for item in items:
+            marker = item.get_closest_marker("points")
+            doc = (getattr(item, "function", None).__doc__ or item.name).strip().splitlines()[0]
+            self.results[item.nodeid] = TestResult(
+                exercise=Path(item.fspath).stem[len("test_"):], name=item.name.removeprefix("test_"), description=doc,
+                max_points=float(marker.args[0]) if marker else 0.0, status="not run")
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_makereport(self, item, call):
+        outcome = yield
+        report = outcome.get_result()
+        result = self.results[item.nodeid]
+        if report.when == "call" or (report.when == "setup" and report.failed):
+            result.duration += call.duration
+            if report.passed:
+                result.status, result.points, result.message = "passed", result.max_points, ""
+            elif report.skipped:
+                result.status, result.message = "skipped", str(call.excinfo.value) if call.excinfo else ""
+            else:
+                result.status, result.message = _explain(call.excinfo)
+
+
+def _explain(excinfo) -> tuple[str, str]:
+    exc = excinfo.value
+    if isinstance(exc, SubmissionError):
+        return "failed", str(exc)
+    if isinstance(exc, AssertionError):
+        return "failed", str(exc).split("\nassert ")[0]
+    # anything else is the grader's own fault, not the student's: say so plainly
+    where = excinfo.traceback[-1]
+    return "error", (f"grader error ({type(exc).__name__}: {exc}) at {Path(str(where.path)).name}:"
+                     f"{where.lineno + 1}; please report it to the course staff")
+
+
+def grade(submission: str | Path, exercises: list[str] | None = None, *,
+          timeout: float = 20.0, memory_gib: float = 6.0, verbose: bool = False) -> Report:
+    """Grade one submission folder on the chosen exercises (default: all)."""
+    submission = Path(submission).resolve()
+    exercises = exercises or available_exercises()
+    unknown = sorted(set(exercises) - set(available_exercises()))
+    if unknown:
+        raise ValueError(f"no hidden suite for {', '.join(unknown)}; "
+                         f"known exercises: {', '.join(available_exercises())}")
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))  # the suites import solutions/ and autograder/
+    started = time.monotonic()
+    with Worker(submission, timeout=timeout, memory_bytes=int(memory_gib * (1 << 30))) as worker:
+        plugin = GradingPlugin(worker)
+        args = [str(SUITES / f"test_{name}.py") for name in exercises]
+        args += ["-q", "--no-header", "--tb=no", "-p", "no:cacheprovider", "--import-mode=importlib",
+                 f"--rootdir={SUITES}", "-c", str(SUITES / "pytest.ini"), "-W", "ignore"]
+        output = io.StringIO()
+        with contextlib.redirect_stdout(output) if not verbose else contextlib.nullcontext():
+            code = pytest.main(args, plugins=[plugin])
+        if code not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
+            raise RuntimeError(f"the hidden suites did not run (pytest exit code {int(code)}):\n"
+                               + output.getvalue()[-3000:])
+        restarts = worker.restarts
+    return Report(submission=str(submission), results=list(plugin.results.values()),
+                  duration=time.monotonic() - started, worker_restarts=restarts)

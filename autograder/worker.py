@@ -1,0 +1,162 @@
+"""The worker: the only process that imports and runs a submission's code.
+
+Started by ``autograder.sandbox.Worker`` as ``python -I worker.py REQ_FD RESP_FD SUBMISSION``
+from a fresh temporary directory that holds a copy of this file and ``adapters.py``, so
+neither the grader's files nor the reference solutions are on its import path.
+
+Protocol: each frame is an 8-byte big-endian length and a ``torch.save`` payload.
+Requests are ``{"id", "target", "args", "kwargs"}``; ``target`` is ``"module.name"`` (a
+function of the submission) or ``"@adapter"`` (trusted code in ``adapters.py`` that builds
+a student's module, runs it and returns tensors). Before importing a module or calling a
+target the worker sends an event frame, so the grader can say where a hang or a crash
+happened. Replies are ``{"id", "ok": True, "value"}`` or ``{"id", "ok": False, "error"}``.
+The grader loads every frame with ``torch.load(weights_only=True)``: nothing but tensors
+and plain containers can come back, whatever the submission does to this process.
+"""
+import importlib
+import importlib.util
+import io
+import os
+import struct
+import sys
+import traceback
+import types
+
+import torch
+
+PACKAGE = "submission"  # the submission's folder is imported as this package
+
+
+def read_exact(fd, n):
+    chunks = []
+    while n:
+        chunk = os.read(fd, n)
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
+def send(fd, obj):
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    data = buf.getvalue()
+    view = memoryview(struct.pack(">Q", len(data)) + data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def receive(fd):
+    header = read_exact(fd, 8)
+    if header is None:
+        return None
+    (length,) = struct.unpack(">Q", header)
+    payload = read_exact(fd, length)
+    return torch.load(io.BytesIO(payload), weights_only=True)
+
+
+class Submission:
+    """Lazy, per-module import of the submission folder as the package ``submission``."""
+
+    def __init__(self, folder, events):
+        self.folder = os.path.abspath(folder)
+        self.events = events
+        package = types.ModuleType(PACKAGE)
+        package.__path__ = [self.folder]  # relative imports between exercise files work
+        package.__package__ = PACKAGE
+        sys.modules[PACKAGE] = package
+
+    def module(self, name):
+        full = f"{PACKAGE}.{name}"
+        if full not in sys.modules:
+            if not os.path.exists(os.path.join(self.folder, name + ".py")):
+                raise MissingName(f"the submission has no file {name}.py")
+            self.events({"event": "importing", "module": name})
+        return importlib.import_module(full)
+
+    def load(self, dotted):
+        """``"attention.softmax"`` or ``"attention.MultiHeadAttention"`` -> the object."""
+        module_name, _, attr = dotted.partition(".")
+        module = self.module(module_name)
+        obj = module
+        for part in attr.split(".") if attr else []:
+            if not hasattr(obj, part):
+                raise MissingName(f"{module_name}.py has no {attr!r}")
+            obj = getattr(obj, part)
+        return obj
+
+
+class MissingName(Exception):
+    pass
+
+
+def to_wire(value, path="result"):
+    """Plain tensors and containers only; anything else is an error the student reads."""
+    if type(value) is torch.Tensor or type(value) is torch.nn.Parameter:
+        # a contiguous copy: a view would otherwise ship its whole storage
+        return value.detach().clone(memory_format=torch.contiguous_format)
+    if isinstance(value, torch.Tensor):
+        raise TypeError(f"{path} is a {type(value).__name__}, a subclass of torch.Tensor; "
+                        f"return a plain torch.Tensor")
+    if value is None or type(value) in (bool, int, float, str):
+        return value
+    if type(value) in (list, tuple):
+        items = [to_wire(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return items if type(value) is list else tuple(items)
+    if type(value) is dict:
+        return {str(k): to_wire(v, f"{path}[{k!r}]") for k, v in value.items()}
+    if type(value) is torch.Size:
+        return tuple(value)
+    if type(value) is torch.dtype:
+        return str(value)
+    kind = f"{type(value).__module__}.{type(value).__qualname__}"
+    raise TypeError(f"{path} is a {kind}; expected a torch.Tensor")
+
+
+def describe(exc, folder):
+    """Error record for the grader: type, message and the submission's frames only."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if os.path.abspath(f.filename).startswith(folder + os.sep)]
+    lines = traceback.format_list(frames[-6:])
+    message = str(exc)
+    if isinstance(exc, SystemExit):
+        message = f"called sys.exit({exc.code!r})"
+    return {"type": type(exc).__name__, "message": message[:2000],
+            "traceback": "".join(lines)[-4000:]}
+
+
+def main():
+    req_fd, resp_fd, folder = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+    torch.set_num_threads(1)  # see the grading notes: parallel workers thrash otherwise
+    here = os.path.dirname(os.path.abspath(__file__))
+    spec = importlib.util.spec_from_file_location("course_adapters", os.path.join(here, "adapters.py"))
+    adapters = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(adapters)
+
+    submission = Submission(folder, lambda event: send(resp_fd, event))
+    send(resp_fd, {"event": "ready", "pid": os.getpid()})
+    while True:
+        request = receive(req_fd)
+        if request is None:
+            return
+        reply = {"id": request["id"]}
+        try:
+            target = request["target"]
+            if target.startswith("@"):
+                function = getattr(adapters, target[1:])
+                send(resp_fd, {"event": "calling", "target": target})
+                value = function(submission, *request["args"], **request["kwargs"])
+            else:
+                function = submission.load(target)
+                send(resp_fd, {"event": "calling", "target": target})
+                value = function(*request["args"], **request["kwargs"])
+            reply.update(ok=True, value=to_wire(value))
+        except BaseException as exc:  # SystemExit and KeyboardInterrupt too: report, live on
+            reply.update(ok=False, error=describe(exc, submission.folder))
+        send(resp_fd, reply)
+
+
+if __name__ == "__main__":
+    main()

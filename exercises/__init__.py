@@ -1,0 +1,1 @@
+"""Your exercise files. Fill in each `raise NotImplementedError`; the API is in docs/API.md."""
