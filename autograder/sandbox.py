@@ -225,11 +225,13 @@ class Worker:
     # -- calls ----------------------------------------------------------------------------
     def call(self, target: str, *args, timeout: float | None = None, **kwargs):
         """Run ``target`` in the worker and return its value (tensors and containers)."""
-        if self.timeouts.get(target, 0) >= self.max_timeouts_per_target:
+        # an adapter names the student's class or function as its first string argument
+        names = [target] if not target.startswith("@") else [a for a in args if isinstance(a, str)][:1]
+        key = " ".join([target, *names])
+        if self.timeouts.get(key, 0) >= self.max_timeouts_per_target:
             raise SubmissionError(f"not run: {self._name(target)} already timed out "
-                                  f"{self.timeouts[target]} times", "timeout")
-        module = None if target.startswith("@") else target.split(".")[0]
-        for name in ([module] if module else []) + list(kwargs.pop("_modules", [])):
+                                  f"{self.timeouts[key]} times", "timeout")
+        for name in (n.split(".")[0] for n in names):
             if name in self.broken_modules:
                 raise SubmissionError(f"{name}.py could not be imported earlier: "
                                       f"{self.broken_modules[name]}", "crash")
@@ -241,7 +243,7 @@ class Worker:
         buf = io.BytesIO()
         torch.save(request, buf)
         data = buf.getvalue()
-        self.phase = f"before {self._name(target)} ran"
+        self.phase = running = f"before {self._name(target)} ran"
         try:
             os.write(self.req_w, struct.pack(">Q", len(data)))
             view = memoryview(data)
@@ -251,13 +253,15 @@ class Worker:
             self._crashed()
         deadline = time.monotonic() + self.current_timeout
         while True:
-            frame = self._read_frame(deadline, what=target)
+            frame = self._read_frame(deadline, what=key)
             event = frame.get("event")
             if event == "importing":
                 self.phase_module = str(frame.get("module"))
                 self.phase = f"while importing {self.phase_module}.py"
+            elif event == "imported":
+                self.phase = running  # adapters import after "calling": back to where we were
             elif event == "calling":
-                self.phase = f"in {self._name(target)}"
+                self.phase = running = f"in {self._name(target)}"
             elif frame.get("id") == self._next_id:
                 break
             else:

@@ -74,7 +74,10 @@ class Submission:
             if not os.path.exists(os.path.join(self.folder, name + ".py")):
                 raise MissingName(f"the submission has no file {name}.py")
             self.events({"event": "importing", "module": name})
-        return importlib.import_module(full)
+            module = importlib.import_module(full)
+            self.events({"event": "imported", "module": name})
+            return module
+        return sys.modules[full]
 
     def load(self, dotted):
         """``"attention.softmax"`` or ``"attention.MultiHeadAttention"`` -> the object."""

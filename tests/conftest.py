@@ -1,0 +1,53 @@
+"""Helpers for the repository's tests: grade a folder end to end through the CLI."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def run_grader(submission, *args, timeout=600):
+    """``python -m autograder grade`` in a fresh process; returns (completed process, report)."""
+    out = Path(submission).parent / f"{Path(submission).name}-report.json"
+    proc = subprocess.run([sys.executable, "-m", "autograder", "grade", "--submission", str(submission),
+                           "--json", str(out), *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+    report = json.loads(out.read_text()) if out.exists() else None
+    return proc, report
+
+
+def results(report) -> dict:
+    """Test name -> result dict, over every exercise of a JSON report."""
+    return {t["name"]: t for ex in report["exercises"] for t in ex["tests"]}
+
+
+def materialize(tmp_path: Path, name: str, replacements: dict[str, list[tuple[str, str]]]) -> Path:
+    """A submission folder: solutions/ copied, with each (old, new) applied exactly once."""
+    folder = tmp_path / name
+    folder.mkdir()
+    for path in (ROOT / "solutions").glob("*.py"):
+        shutil.copy(path, folder / path.name)
+    for filename, edits in replacements.items():
+        text = (folder / filename).read_text()
+        for old, new in edits:
+            count = text.count(old)
+            assert count == 1, f"mutant {name}: {old!r} occurs {count} times in {filename}"
+            text = text.replace(old, new)
+        (folder / filename).write_text(text)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def solutions_report(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("solutions-report")
+    shutil.copytree(ROOT / "solutions", folder / "solutions")
+    proc, report = run_grader(folder / "solutions")
+    assert proc.returncode == 0, proc.stderr
+    return proc, report

@@ -1,0 +1,29 @@
+"""Every known-wrong implementation loses points in the tests meant to catch it, and the
+feedback names its mistake; nothing else about it passes by accident."""
+import pytest
+
+from tests.conftest import materialize, results, run_grader
+from tests.fixtures.mutants import MUTANTS
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", MUTANTS)
+def test_mutant_loses_points_and_is_named(tmp_path, name, solutions_report):
+    mutant = MUTANTS[name]
+    folder = materialize(tmp_path, name, mutant["edits"])
+    proc, report = run_grader(folder, "--exercise", "attention")
+    assert proc.returncode == 0, proc.stderr
+    assert report["score"] < report["max_score"]
+    by_name = results(report)
+    for prefix in mutant["fails"]:
+        matching = [t for n, t in by_name.items() if n.startswith(prefix)]
+        assert matching, f"no test named {prefix}*"
+        passed = [t["name"] for t in matching if t["status"] == "passed"]
+        assert not passed, f"{name}: expected {prefix}* to fail, but {passed} passed"
+    if mutant["names"]:
+        messages = [t["message"] for n, t in by_name.items()
+                    if any(n.startswith(p) for p in mutant["fails"])]
+        assert any(mutant["names"] in msg for msg in messages), (
+            f"{name}: no failure message names the mistake; messages were:\n" + "\n".join(messages))
+    # the mutant changes one thing: tests that exercise none of it still pass
+    assert any(t["status"] == "passed" for t in by_name.values())
