@@ -95,8 +95,10 @@ def sdpa_mistakes(q, k, v, mask=None, is_causal=False, scale=None):
     yield SOFTMAX_AXIS, _attend(q, k, v, allowed, scale, softmax_dim=-2)
     yield NAN_ROWS, _attend(q, k, v, allowed, scale, nan_rows=True)
     if is_causal:
-        for variant, text in [("reversed", CAUSAL_REVERSED), ("strict", CAUSAL_STRICT),
-                              ("no_offset", CAUSAL_NO_OFFSET)]:
+        variants = [("reversed", CAUSAL_REVERSED), ("strict", CAUSAL_STRICT)]
+        if n_q != n_k:
+            variants.append(("no_offset", CAUSAL_NO_OFFSET))
+        for variant, text in variants:
             yield text, _attend(q, k, v, _allowed(mask, True, n_q, n_k, variant), scale)
     if mask is not None:
         yield MASK_INVERTED, _attend(q, k, v, _allowed(~mask, is_causal, n_q, n_k), scale)

@@ -1,0 +1,110 @@
+"""The worker seam on its own: values come back as plain tensors, and every way a call can
+go wrong becomes a SubmissionError with a message, after which the worker starts afresh."""
+import io
+import os
+import struct
+import time
+import textwrap
+
+import pytest
+import torch
+
+from autograder.sandbox import SubmissionError, Worker
+
+
+@pytest.fixture
+def submission(tmp_path):
+    (tmp_path / "mod.py").write_text(textwrap.dedent("""
+        import os, sys, time, torch
+        calls = []
+        def double(x): return 2 * x
+        def pair(x): return x, {"sum": x.sum(), "n": 3}
+        def view_of_big(): return torch.arange(10_000_000.)[:2]
+        def hang(): time.sleep(60)
+        def leave(): os._exit(7)
+        def nope(): raise NotImplementedError("nope: write this part")
+        def boom(): raise ValueError("bad shape (3, 4)")
+        def count():
+            calls.append(1)
+            return len(calls)
+        def huge(): return torch.zeros(64 << 20)  # 256 MiB
+        def grab(): return torch.empty(1 << 40)  # 4 TiB of address space
+        def env(): return os.environ.get("SECRET", "") + "|" + os.getcwd()
+    """))
+    return tmp_path
+
+
+def test_values_round_trip_as_plain_tensors(submission):
+    with Worker(submission) as w:
+        x = torch.arange(6.).reshape(2, 3).t()  # a non-contiguous view arrives as one
+        assert torch.equal(w.call("mod.double", x), 2 * x)
+        out, extra = w.call("mod.pair", x)
+        assert type(out) is torch.Tensor and extra["n"] == 3
+        small = w.call("mod.view_of_big")
+        assert small.untyped_storage().nbytes() == 8  # a copy, not the 40 MB storage
+
+
+def test_state_lives_on_between_calls_until_a_restart(submission):
+    with Worker(submission, timeout=2) as w:
+        assert w.call("mod.count") == 1 and w.call("mod.count") == 2
+        with pytest.raises(SubmissionError):
+            w.call("mod.hang")
+        assert w.call("mod.count") == 1  # a fresh worker after the timeout
+
+
+@pytest.mark.parametrize("target,kind,needle", [
+    ("mod.hang", "timeout", "timed out after 2 s in mod.hang"),
+    ("mod.leave", "crash", "exited with status 7"),
+    ("mod.nope", "not-implemented", "not implemented: nope: write this part"),
+    ("mod.boom", "exception", "ValueError in mod.boom: bad shape (3, 4)"),
+    ("mod.missing", "missing", "mod.py has no 'missing'"),
+    ("other.f", "missing", "no file other.py"),
+    ("mod.grab", "memory", "ran out of memory in mod.grab"),
+])
+def test_failures_are_named(submission, target, kind, needle):
+    with Worker(submission, timeout=2, memory_bytes=2 << 30) as w:
+        with pytest.raises(SubmissionError) as err:
+            w.call(target)
+        assert err.value.kind == kind and needle in str(err.value)
+        assert torch.equal(w.call("mod.double", torch.ones(2)), torch.full((2,), 2.0))
+
+
+def test_a_target_that_keeps_hanging_is_not_run_again(submission):
+    with Worker(submission, timeout=1, max_timeouts_per_target=2) as w:
+        for _ in range(2):
+            with pytest.raises(SubmissionError, match="timed out"):
+                w.call("mod.hang")
+        with pytest.raises(SubmissionError, match="already timed out 2 times"):
+            w.call("mod.hang")
+
+
+def test_oversized_reply_is_refused(submission):
+    with Worker(submission, max_reply_bytes=16 << 20) as w:
+        with pytest.raises(SubmissionError, match="more than the 16 MiB"):
+            w.call("mod.huge")
+
+
+def test_environment_is_scrubbed_and_directory_is_private(submission, monkeypatch):
+    monkeypatch.setenv("SECRET", "s3cret")
+    with Worker(submission) as w:
+        secret, cwd = w.call("mod.env").split("|")
+        assert secret == "" and "course-worker-" in cwd and cwd != os.getcwd()
+
+
+class Rigged:
+    """Stands in for anything that is not a tensor or a plain container."""
+
+
+def test_reply_that_is_not_plain_data_is_refused(submission):
+    """The grader loads replies with weights_only=True: a pickled object never reaches it."""
+    with Worker(submission) as w:
+        w.start()
+        buf = io.BytesIO()
+        torch.save({"id": 1, "ok": True, "value": Rigged()}, buf)
+        read_fd, write_fd = os.pipe()
+        os.write(write_fd, struct.pack(">Q", len(buf.getvalue())) + buf.getvalue())
+        w.resp_r, w.phase = read_fd, "in mod.double"
+        with pytest.raises(SubmissionError) as err:
+            w._read_frame(deadline=time.monotonic() + 10, what="mod.double")
+        assert err.value.kind == "bad-reply" and "could not be read as plain tensors" in str(err.value)
+        os.close(write_fd)
