@@ -1,1 +1,1 @@
-"""Your exercise files. Fill in each `raise NotImplementedError`; the API is in docs/API.md."""
+"""Your exercise files. Replace each `raise NotImplementedError`; each docstring states the API."""

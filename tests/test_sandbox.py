@@ -70,12 +70,18 @@ def test_failures_are_named(submission, target, kind, needle):
 
 
 def test_a_target_that_keeps_hanging_is_not_run_again(submission):
-    with Worker(submission, timeout=1, max_timeouts_per_target=2) as w:
+    with Worker(submission, timeout=1, max_strikes_per_target=2) as w:
         for _ in range(2):
             with pytest.raises(SubmissionError, match="timed out"):
                 w.call("mod.hang")
         with pytest.raises(SubmissionError, match="already timed out 2 times"):
             w.call("mod.hang")
+        for _ in range(2):
+            with pytest.raises(SubmissionError, match="exited with status 7"):
+                w.call("mod.leave")
+        with pytest.raises(SubmissionError, match="already crashed the worker 2 times"):
+            w.call("mod.leave")
+        assert w.call("mod.count") == 1  # other targets still run
 
 
 def test_oversized_reply_is_refused(submission):
