@@ -16,6 +16,20 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
 
 
+def _exercise(name):
+    return importlib.import_module(f"{os.environ.get('COURSE_IMPL', 'exercises')}.{name}")
+
+
 @pytest.fixture(scope="session")
 def attention():
-    return importlib.import_module(f"{os.environ.get('COURSE_IMPL', 'exercises')}.attention")
+    return _exercise("attention")
+
+
+@pytest.fixture(scope="session")
+def rope():
+    return _exercise("rope")
+
+
+@pytest.fixture(scope="session")
+def positional():
+    return _exercise("positional")

@@ -1,0 +1,45 @@
+# Exercise file: replace each `raise NotImplementedError` with your code.
+# Check your work: `pytest exercises/checks` (public) and `python3 course.py grade`.
+"""Exercise: absolute and linear-bias positional information (lecture 03).
+
+- ``sinusoidal_encoding``: the fixed encoding of Vaswani et al. (2017), added to embeddings.
+- ``alibi_slopes`` / ``alibi_bias``: ALiBi (Press et al., 2022), a per-head penalty on the
+  attention scores that grows linearly with the distance between query and key.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def sinusoidal_encoding(max_len: int, d_model: int) -> torch.Tensor:
+    """Sinusoidal positional encoding, float32 of shape (max_len, d_model).
+
+    PE[pos, 2i]     = sin(pos / 10000 ** (2i / d_model))
+    PE[pos, 2i + 1] = cos(pos / 10000 ** (2i / d_model))
+    Hint: build the (max_len, d_model/2) table of angles pos * 10000 ** (-2i/d_model) once.
+    """
+    raise NotImplementedError("sinusoidal_encoding: write this part (see the docstring)")
+
+
+def alibi_slopes(n_heads: int) -> torch.Tensor:
+    """ALiBi slopes, float32 of shape (n_heads,).
+
+    For n_heads a power of two: the geometric sequence 2^(-8/n), 2^(-16/n), ..., 2^(-8).
+    Otherwise, with p the largest power of two below n_heads: the p slopes for p heads,
+    followed by the first n_heads - p entries of every other slope (indices 0, 2, 4, ...)
+    of the sequence for 2p heads.
+    Example: n_heads=6 -> slopes(4) + [slopes(8)[0], slopes(8)[2]].
+    """
+    raise NotImplementedError("alibi_slopes: write this part (see the docstring)")
+
+
+def alibi_bias(n_heads: int, n_q: int, n_k: int) -> torch.Tensor:
+    """ALiBi bias added to attention scores, float32 of shape (n_heads, n_q, n_k).
+
+    Query i sits at position n_k - n_q + i. For a key j at or before it the bias is
+    -slope[h] * (query_position - j), a penalty growing with distance; keys after the query
+    get 0 (the causal mask removes them anyway).
+    """
+    raise NotImplementedError("alibi_bias: write this part (see the docstring)")

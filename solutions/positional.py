@@ -1,0 +1,66 @@
+"""Exercise: absolute and linear-bias positional information (lecture 03).
+
+- ``sinusoidal_encoding``: the fixed encoding of Vaswani et al. (2017), added to embeddings.
+- ``alibi_slopes`` / ``alibi_bias``: ALiBi (Press et al., 2022), a per-head penalty on the
+  attention scores that grows linearly with the distance between query and key.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def sinusoidal_encoding(max_len: int, d_model: int) -> torch.Tensor:
+    """Sinusoidal positional encoding, float32 of shape (max_len, d_model).
+
+    PE[pos, 2i]     = sin(pos / 10000 ** (2i / d_model))
+    PE[pos, 2i + 1] = cos(pos / 10000 ** (2i / d_model))
+    Hint: build the (max_len, d_model/2) table of angles pos * 10000 ** (-2i/d_model) once.
+    """
+    ### BEGIN SOLUTION
+    position = torch.arange(max_len, dtype=torch.float32)[:, None]  # (max_len, 1)
+    two_i = torch.arange(0, d_model, 2, dtype=torch.float32)  # (ceil(d/2),)
+    angles = position * torch.exp(two_i * (-math.log(10000.0) / d_model))  # (max_len, ceil(d/2))
+    pe = torch.zeros(max_len, d_model)
+    pe[:, 0::2] = torch.sin(angles)
+    pe[:, 1::2] = torch.cos(angles[:, : d_model // 2])  # an odd d_model has one cos fewer
+    return pe
+    ### END SOLUTION
+
+
+def alibi_slopes(n_heads: int) -> torch.Tensor:
+    """ALiBi slopes, float32 of shape (n_heads,).
+
+    For n_heads a power of two: the geometric sequence 2^(-8/n), 2^(-16/n), ..., 2^(-8).
+    Otherwise, with p the largest power of two below n_heads: the p slopes for p heads,
+    followed by the first n_heads - p entries of every other slope (indices 0, 2, 4, ...)
+    of the sequence for 2p heads.
+    Example: n_heads=6 -> slopes(4) + [slopes(8)[0], slopes(8)[2]].
+    """
+    ### BEGIN SOLUTION
+    def power_of_two_slopes(n):
+        start = 2.0 ** (-8.0 / n)
+        return [start ** (i + 1) for i in range(n)]
+
+    p = 2 ** math.floor(math.log2(n_heads))
+    slopes = power_of_two_slopes(p)
+    if p != n_heads:
+        slopes += power_of_two_slopes(2 * p)[0::2][: n_heads - p]
+    return torch.tensor(slopes, dtype=torch.float32)
+    ### END SOLUTION
+
+
+def alibi_bias(n_heads: int, n_q: int, n_k: int) -> torch.Tensor:
+    """ALiBi bias added to attention scores, float32 of shape (n_heads, n_q, n_k).
+
+    Query i sits at position n_k - n_q + i. For a key j at or before it the bias is
+    -slope[h] * (query_position - j), a penalty growing with distance; keys after the query
+    get 0 (the causal mask removes them anyway).
+    """
+    ### BEGIN SOLUTION
+    query_pos = torch.arange(n_q)[:, None] + (n_k - n_q)  # (n_q, 1)
+    key_pos = torch.arange(n_k)[None, :]  # (1, n_k)
+    distance = (query_pos - key_pos).clamp_min(0).to(torch.float32)  # (n_q, n_k), 0 for future keys
+    return -alibi_slopes(n_heads)[:, None, None] * distance  # (n_heads, n_q, n_k)
+    ### END SOLUTION

@@ -1,0 +1,70 @@
+"""Exercise: rotary position embedding, RoPE (lecture 03).
+
+RoPE rotates each pair of dimensions of a query or key by an angle proportional to the
+token's position, so that the dot product of a rotated query at position m and a rotated
+key at position n depends only on m - n.
+
+Pair i (of d/2 pairs) at position p is rotated by the angle  p * theta ** (-2i / d).
+
+Two layouts decide which dimensions form pair i:
+- half-split (the default; GPT-NeoX, Hugging Face Llama): dim i with dim i + d/2;
+- interleaved (``interleaved=True``; RoFormer, Meta's Llama): dims 2i and 2i + 1.
+They are the same rotation up to a permutation of the dimensions, which is why a checkpoint
+converted between the two permutes the rows of its q and k projections.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def rope_cos_sin(head_dim: int, positions: torch.Tensor, theta: float = 10000.0):
+    """Cosines and sines of the RoPE angles, in the half-split layout.
+
+    positions: (..., s) integer positions.
+    Returns (cos, sin), each float32 of shape (..., s, head_dim), where entries i and
+    i + head_dim/2 both hold the angle of pair i:  positions * theta ** (-2i / head_dim).
+    Hint: compute the frequencies and the angles in float32 whatever the caller's dtype.
+    """
+    ### BEGIN SOLUTION
+    if head_dim % 2:
+        raise ValueError(f"RoPE needs an even head_dim, got {head_dim}")
+    pair = torch.arange(0, head_dim, 2, dtype=torch.float32, device=positions.device)  # 2i
+    inv_freq = theta ** (-pair / head_dim)  # (head_dim/2,)
+    angles = positions.to(torch.float32)[..., None] * inv_freq  # (..., s, head_dim/2)
+    angles = torch.cat([angles, angles], dim=-1)  # (..., s, head_dim): pair i at i and i + d/2
+    return angles.cos(), angles.sin()
+    ### END SOLUTION
+
+
+def apply_rope(x: torch.Tensor, positions: torch.Tensor, theta: float = 10000.0,
+               interleaved: bool = False) -> torch.Tensor:
+    """Rotate pairs of dims of ``x`` by position-dependent angles.
+
+    x: (..., s, head_dim) with head_dim even (odd -> ValueError).
+    positions: (s,), or a shape that broadcasts against x.shape[:-1] (for x (b, h, s, d)
+        and per-sequence positions pass (b, 1, s)).
+    Half-split layout:  out = x * cos + rotate_half(x) * sin,
+        rotate_half([x1, x2]) = [-x2, x1]  (x1, x2 the two halves of the last dim).
+    Interleaved layout: for each pair (a, b) = (x[2i], x[2i+1]):
+        (a cos - b sin,  b cos + a sin).
+    Angles are computed in float32; the result has x's dtype.
+    Hint: ``rope_cos_sin`` gives the half-split cos/sin; for the interleaved layout take
+    the first half of the angles and ``repeat_interleave`` them.
+    """
+    ### BEGIN SOLUTION
+    head_dim = x.shape[-1]
+    if head_dim % 2:
+        raise ValueError(f"RoPE needs an even head_dim, got {head_dim} (x has shape {tuple(x.shape)})")
+    cos, sin = rope_cos_sin(head_dim, positions.to(x.device), theta)  # (..., s, d) float32
+    work = x.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
+    cos, sin = cos.to(work.dtype), sin.to(work.dtype)
+    half = head_dim // 2
+    if interleaved:
+        cos = cos[..., :half].repeat_interleave(2, dim=-1)  # angle of pair i at 2i and 2i+1
+        sin = sin[..., :half].repeat_interleave(2, dim=-1)
+        even, odd = work[..., 0::2], work[..., 1::2]  # (..., s, d/2) each
+        rotated = torch.stack([-odd, even], dim=-1).flatten(-2)  # (..., s, d): (-b, a) per pair
+    else:
+        rotated = torch.cat([-work[..., half:], work[..., :half]], dim=-1)  # rotate_half
+    return (work * cos + rotated * sin).to(x.dtype)
+    ### END SOLUTION
