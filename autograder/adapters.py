@@ -118,3 +118,41 @@ def call_without_builtin_softmax(sub, target, args, kwargs=None):
 
 def _is_float_tensor(x):
     return isinstance(x, torch.Tensor) and x.is_floating_point()
+
+
+def raised(sub, target, args, kwargs=None):
+    """The name of the exception ``target(*args, **kwargs)`` raises, or "" when it returns."""
+    function = sub.load(target)
+    try:
+        function(*args, **(kwargs or {}))
+    except Exception as exc:  # the test decides whether this was the right one
+        return type(exc).__name__
+    return ""
+
+
+class RecordingCache:
+    """A minimal, trusted stand-in for ``LayerKVCache``: appends along the sequence axis."""
+
+    def __init__(self):
+        self.k = self.v = None
+
+    @property
+    def seq_len(self):
+        return 0 if self.k is None else self.k.shape[2]
+
+    def update(self, k, v):
+        self.k = k if self.k is None else torch.cat([self.k, k], dim=2)
+        self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
+        return self.k, self.v
+
+
+def attention_with_cache(sub, cls, init_kwargs, state_dict, prompt, steps, *, dtype=None):
+    """Prefill ``prompt`` (b, s, d) causally, then feed each (b, 1, d) of ``steps`` one at a
+    time through the same cache. Returns every output and the keys/values the cache holds."""
+    module = build_module(sub, cls, init_kwargs, state_dict, dtype).eval()
+    cache = RecordingCache()
+    with torch.no_grad():
+        outputs = [module(prompt, is_causal=True, cache=cache)]
+        for step in steps:
+            outputs.append(module(step, is_causal=True, cache=cache))
+    return {"outputs": outputs, "keys": cache.k, "values": cache.v}

@@ -39,6 +39,17 @@ def tolerance(dtype: torch.dtype, n_terms: int = 1, magnitude: float = 1.0) -> f
     return eps * (4 + 3 * magnitude) + 8 * acc_eps * math.sqrt(n_terms)
 
 
+def angle_tolerance(dtype: torch.dtype, max_angle: float, max_abs: float = 1.0) -> float:
+    """Tolerance for values built from cos/sin of angles computed in float32 (RoPE, sinusoids).
+
+    An angle ``p * f`` in float32 is off by up to ``p * f * eps32 / 2`` from rounding the
+    product, plus a few eps32 relative from computing ``f = theta ** (-2i/d)`` with a pow
+    or an exp/log (two correct formulas differ by ~3e-5 at p ~ 2600, grading notes):
+    about ``3 * max_angle * eps32``, doubled for margin, times the size of what is rotated.
+    """
+    return tolerance(dtype) + 6 * torch.finfo(torch.float32).eps * max_angle * max(1.0, max_abs)
+
+
 def describe(value) -> str:
     if isinstance(value, torch.Tensor):
         return f"a {tuple(value.shape)} {str(value.dtype).replace('torch.', '')} tensor"

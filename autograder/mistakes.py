@@ -173,3 +173,125 @@ def _mha(state_dict, config, x, context, mask, is_causal, split="ok", merge="ok"
     else:
         out = out.transpose(1, 2).reshape(b, n_q, n_heads * head_dim)
     return _linear(out, state_dict, "o_proj") if o_proj else out
+
+
+# ---------------------------------------------------------------------------------------
+# RoPE and positional encodings
+# ---------------------------------------------------------------------------------------
+ROPE_OTHER_LAYOUT = {
+    False: ("the half-split layout was asked for (dim i paired with i + d/2, as in GPT-NeoX and "
+            "Hugging Face Llama) but the result pairs (2i, 2i+1), the interleaved layout"),
+    True: ("the interleaved layout was asked for (pairs (2i, 2i+1), as in RoFormer and Meta's "
+           "Llama) but the result pairs dim i with i + d/2, the half-split layout"),
+}
+ROPE_SIN_COS_SWAPPED = "sin and cos are swapped: out = x*cos + rotate(x)*sin"
+ROPE_REVERSED = ("the rotation goes the wrong way (angle -p*theta^(-2i/d)): rotate_half is "
+                 "[-x2, x1], and an interleaved pair (a, b) becomes (a cos - b sin, b cos + a sin)")
+ROPE_FREQ_EXPONENT = "the frequency exponent is -i/d instead of -2i/d (i counts pairs: theta ** (-2i/d))"
+ROPE_OFF_BY_ONE = "the positions are off by one"
+ROPE_NOT_APPLIED = "no rotation was applied (the output equals the input)"
+ROPE_POSITIONS_IGNORED = "the given positions were ignored: arange(s) was used instead"
+SINUSOID_SWAPPED = "sin and cos are swapped: even dims take sin, odd dims take cos"
+SINUSOID_EXPONENT = "the exponent is i/d instead of 2i/d: dims 2i and 2i+1 share the frequency 10000^(-2i/d)"
+SINUSOID_HALVES = ("the encoding is laid out as [all sines | all cosines]; this course interleaves "
+                   "them: even dims sin, odd dims cos")
+ALIBI_NOT_POWER_OF_TWO = ("the slopes for a head count that is not a power of two follow the "
+                          "closest-power-of-two rule of Press et al.: slopes(p) followed by every "
+                          "other slope of slopes(2p)")
+ALIBI_SIGN = "the bias has the wrong sign: it is a penalty, -slope * distance"
+ALIBI_NO_OFFSET = ("the bias ignores the offset: with n_q < n_k query i sits at position "
+                   "n_k - n_q + i")
+ALIBI_SYMMETRIC = "future keys must get 0 (the causal mask removes them), not a penalty on |i - j|"
+
+
+def rope_reference(x, positions, theta=10000.0, interleaved=False, exponent=2.0, sign=1.0,
+                   swap=False, shift=0):
+    """RoPE in float64, with the knobs that plausible mistakes turn (all off: the truth)."""
+    d = x.shape[-1]
+    half = d // 2
+    inv_freq = float(theta) ** (-exponent * torch.arange(half, dtype=torch.float64) / d)
+    angles = (positions.to(torch.float64) + shift)[..., None] * inv_freq  # (..., s, d/2)
+    cos, sin = angles.cos(), sign * angles.sin()
+    if swap:
+        cos, sin = sin, cos
+    x = x.double()
+    if interleaved:
+        a, b = x[..., 0::2], x[..., 1::2]
+        return torch.stack([a * cos - b * sin, b * cos + a * sin], dim=-1).flatten(-2)
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
+def rope_mistakes(x, positions, theta=10000.0, interleaved=False):
+    kw = dict(theta=theta, interleaved=interleaved)
+    yield ROPE_OTHER_LAYOUT[interleaved], rope_reference(x, positions, theta, not interleaved)
+    yield ROPE_SIN_COS_SWAPPED, rope_reference(x, positions, **kw, swap=True)
+    yield ROPE_REVERSED, rope_reference(x, positions, **kw, sign=-1.0)
+    yield ROPE_FREQ_EXPONENT, rope_reference(x, positions, **kw, exponent=1.0)
+    yield ROPE_OFF_BY_ONE, rope_reference(x, positions, **kw, shift=1)
+    yield ROPE_OFF_BY_ONE, rope_reference(x, positions, **kw, shift=-1)
+    yield ROPE_NOT_APPLIED, x.double()
+    s = x.shape[-2]
+    yield ROPE_POSITIONS_IGNORED, rope_reference(x, torch.arange(s), **kw)
+
+
+def rope_cos_sin_reference(head_dim, positions, theta=10000.0, exponent=2.0, shift=0):
+    half = head_dim // 2
+    inv_freq = float(theta) ** (-exponent * torch.arange(half, dtype=torch.float64) / head_dim)
+    angles = (positions.to(torch.float64) + shift)[..., None] * inv_freq
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos(), angles.sin()
+
+
+def rope_cos_sin_mistakes(head_dim, positions, theta=10000.0, which=0):
+    """Wrong cos (which=0) or sin (which=1) tables."""
+    yield ROPE_FREQ_EXPONENT, rope_cos_sin_reference(head_dim, positions, theta, exponent=1.0)[which]
+    yield ROPE_OFF_BY_ONE, rope_cos_sin_reference(head_dim, positions, theta, shift=1)[which]
+    yield ROPE_SIN_COS_SWAPPED, rope_cos_sin_reference(head_dim, positions, theta)[1 - which]
+    cos, sin = rope_cos_sin_reference(head_dim, positions, theta)
+    interleaved = (cos, sin)[which][..., : head_dim // 2].repeat_interleave(2, dim=-1)
+    yield ROPE_OTHER_LAYOUT[False], interleaved
+
+
+def sinusoidal_reference(max_len, d_model, exponent=2.0, swap=False, halves=False):
+    position = torch.arange(max_len, dtype=torch.float64)[:, None]
+    n_sin, n_cos = (d_model + 1) // 2, d_model // 2
+    i = torch.arange(n_sin, dtype=torch.float64)
+    angles = position * 10000.0 ** (-exponent * i / d_model)  # (max_len, ceil(d/2))
+    first, second = (torch.cos, torch.sin) if swap else (torch.sin, torch.cos)
+    if halves:
+        return torch.cat([first(angles), second(angles[:, :n_cos])], dim=-1)
+    pe = torch.zeros(max_len, d_model, dtype=torch.float64)
+    pe[:, 0::2] = first(angles)
+    pe[:, 1::2] = second(angles[:, :n_cos])
+    return pe
+
+
+def sinusoidal_mistakes(max_len, d_model):
+    yield SINUSOID_SWAPPED, sinusoidal_reference(max_len, d_model, swap=True)
+    yield SINUSOID_EXPONENT, sinusoidal_reference(max_len, d_model, exponent=1.0)
+    yield SINUSOID_HALVES, sinusoidal_reference(max_len, d_model, halves=True)
+
+
+def _geometric_slopes(n):
+    start = 2.0 ** (-8.0 / n)
+    return torch.tensor([start ** (i + 1) for i in range(n)], dtype=torch.float64)
+
+
+def alibi_slopes_mistakes(n_heads):
+    yield ALIBI_NOT_POWER_OF_TWO, _geometric_slopes(n_heads)
+    p = 2 ** math.floor(math.log2(n_heads))
+    if p != n_heads:  # extra heads taken from the start of slopes(2p) without skipping
+        yield ALIBI_NOT_POWER_OF_TWO, torch.cat([_geometric_slopes(p), _geometric_slopes(2 * p)[: n_heads - p]])
+
+
+def alibi_bias_mistakes(n_heads, n_q, n_k, slopes):
+    query = torch.arange(n_q)[:, None] + (n_k - n_q)
+    key = torch.arange(n_k)[None, :]
+    distance = (query - key).clamp_min(0).double()
+    slopes = slopes.double()[:, None, None]
+    yield ALIBI_SIGN, slopes * distance
+    no_offset = (torch.arange(n_q)[:, None] - key).clamp_min(0).double()
+    if n_q != n_k:
+        yield ALIBI_NO_OFFSET, -slopes * no_offset
+    yield ALIBI_SYMMETRIC, -slopes * (query - key).abs().double()

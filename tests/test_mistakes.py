@@ -11,7 +11,8 @@ from tests.fixtures.mutants import MUTANTS
 def test_mutant_loses_points_and_is_named(tmp_path, name, solutions_report):
     mutant = MUTANTS[name]
     folder = materialize(tmp_path, name, mutant["edits"])
-    proc, report = run_grader(folder, "--exercise", "attention")
+    exercise_args = [arg for name in mutant.get("exercises", ["attention"]) for arg in ("--exercise", name)]
+    proc, report = run_grader(folder, *exercise_args)
     assert proc.returncode == 0, proc.stderr
     assert report["score"] < report["max_score"]
     by_name = results(report)
