@@ -22,6 +22,10 @@ def build_module(sub, cls, init_kwargs, state_dict=None, dtype=None):
     module = module_class(**init_kwargs)
     if not isinstance(module, torch.nn.Module):
         raise TypeError(f"{cls}(...) built a {type(module).__name__}, not a torch.nn.Module")
+    return _load_weights(module, state_dict, dtype, cls)
+
+
+def _load_weights(module, state_dict, dtype, name):
     if dtype is not None:
         module = module.to(dtype)  # before loading, so float64 weights stay float64
     if state_dict is not None:
@@ -30,29 +34,41 @@ def build_module(sub, cls, init_kwargs, state_dict=None, dtype=None):
         unexpected = sorted(set(expected) - set(state_dict))
         if missing or unexpected:
             raise ValueError(
-                f"{cls}'s parameters do not have the names the API fixes: "
+                f"{name}'s parameters do not have the names the API fixes: "
                 f"missing {missing or 'none'}; not in the API {unexpected or 'none'}")
-        wrong = [f"{name} is {tuple(expected[name].shape)}, expected {tuple(t.shape)}"
-                 for name, t in state_dict.items() if tuple(expected[name].shape) != tuple(t.shape)]
+        wrong = [f"{key} is {tuple(expected[key].shape)}, expected {tuple(t.shape)}"
+                 for key, t in state_dict.items() if tuple(expected[key].shape) != tuple(t.shape)]
         if wrong:
-            raise ValueError(f"{cls}'s parameter shapes differ from the API: " + "; ".join(wrong))
+            raise ValueError(f"{name}'s parameter shapes differ from the API: " + "; ".join(wrong))
         module.load_state_dict(state_dict, strict=True)
     return module
 
 
 def module_forward(sub, cls, init_kwargs, state_dict, args, kwargs=None, *,
-                   dtype=None, grad_output=None, train=False):
+                   dtype=None, grad_output=None, train=False, forbid=()):
     """Run ``module(*args, **kwargs)``; with ``grad_output`` also backpropagate it.
 
+    ``forbid``: dotted names of torch functions the module must not call while it runs
+    (for example "torch.nn.functional.layer_norm"): each raises ``ForbiddenCall``.
     Returns ``{"out"}`` plus, with ``grad_output``, ``{"param_grads": {name: grad},
     "input_grads": [grad or None per positional arg]}``.
     """
     module = build_module(sub, cls, init_kwargs, state_dict, dtype)
     module.train(train)
-    kwargs = kwargs or {}
+    return _run(module, args, kwargs or {}, grad_output, forbid, cls)
+
+
+def _run(module, args, kwargs, grad_output, forbid=(), name="the module"):
     if grad_output is not None:
         args = [a.detach().requires_grad_(True) if _is_float_tensor(a) else a for a in args]
-    with contextlib.nullcontext() if grad_output is not None else torch.no_grad():
+    with contextlib.ExitStack() as stack:
+        for dotted in forbid:
+            owner_name, _, attr = dotted.rpartition(".")
+            stack.enter_context(_forbid(_resolve(owner_name), attr,
+                                        f"{name} called {dotted}; the exercise asks you to write "
+                                        f"it from elementary operations"))
+        if grad_output is None:
+            stack.enter_context(torch.no_grad())
         out = module(*args, **kwargs)
     result = {"out": out}
     if grad_output is not None:
@@ -68,7 +84,10 @@ def module_forward(sub, cls, init_kwargs, state_dict, args, kwargs=None, *,
 
 def module_parameters(sub, cls, init_kwargs):
     """Names, shapes and dtypes of the module's parameters, and which ones share storage."""
-    module = build_module(sub, cls, init_kwargs)
+    return _parameters(build_module(sub, cls, init_kwargs))
+
+
+def _parameters(module):
     params = {name: {"shape": tuple(p.shape), "dtype": str(p.dtype)}
               for name, p in module.named_parameters(remove_duplicate=False)}
     by_storage = {}
@@ -116,6 +135,14 @@ def call_without_builtin_softmax(sub, target, args, kwargs=None):
         return function(*args, **(kwargs or {}))
 
 
+def _resolve(dotted):
+    """"torch.nn.functional" -> the module object (only torch's own namespaces)."""
+    obj = torch
+    for part in dotted.split(".")[1:]:
+        obj = getattr(obj, part)
+    return obj
+
+
 def _is_float_tensor(x):
     return isinstance(x, torch.Tensor) and x.is_floating_point()
 
@@ -156,3 +183,50 @@ def attention_with_cache(sub, cls, init_kwargs, state_dict, prompt, steps, *, dt
         for step in steps:
             outputs.append(module(step, is_causal=True, cache=cache))
     return {"outputs": outputs, "keys": cache.k, "values": cache.v}
+
+
+def _block_config(sub, config):
+    return sub.load("decoder_block.BlockConfig")(**config)
+
+
+def block_parameters(sub, config):
+    """``DecoderBlock(BlockConfig(**config))``'s parameters (see ``module_parameters``)."""
+    block = sub.load("decoder_block.DecoderBlock")(_block_config(sub, config))
+    return _parameters(block)
+
+
+def block_forward(sub, config, state_dict, x, *, dtype=None, grad_output=None, kwargs=None):
+    """Build the student's block from their own BlockConfig, load weights, run it."""
+    block_class = sub.load("decoder_block.DecoderBlock")
+    return _run(_load_weights(block_class(_block_config(sub, config)), state_dict, dtype,
+                              "DecoderBlock"), [x], kwargs or {}, grad_output)
+
+
+def _gpt(sub, config):
+    """The student's GPT built from their own GPTConfig and BlockConfig classes."""
+    block = _block_config(sub, config["block"])
+    gpt_config = sub.load("gpt.GPTConfig")(**{**config, "block": block})
+    torch.manual_seed(0)
+    return sub.load("gpt.GPT")(gpt_config)
+
+
+def gpt_parameters(sub, config):
+    return _parameters(_gpt(sub, config))
+
+
+def gpt_forward(sub, config, state_dict, idx, *, dtype=None, grad_output=None):
+    return _run(_load_weights(_gpt(sub, config), state_dict, dtype, "GPT"), [idx], {}, grad_output)
+
+
+def gpt_train_step(sub, config, state_dict, idx, targets, *, dtype=None, lr=1e-2):
+    """One AdamW step (trusted optimizer) on the cross-entropy of the student's GPT, then
+    the logits again: parameters that are not registered, or a head that is a copy of the
+    embedding instead of the same tensor, show up here."""
+    model = _load_weights(_gpt(sub, config), state_dict, dtype, "GPT").train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
+    logits = model(idx)
+    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
+    loss.backward()
+    optimizer.step()
+    with torch.no_grad():
+        return {"loss": loss.detach(), "logits_after": model.eval()(idx)}

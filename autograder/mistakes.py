@@ -295,3 +295,129 @@ def alibi_bias_mistakes(n_heads, n_q, n_k, slopes):
     if n_q != n_k:
         yield ALIBI_NO_OFFSET, -slopes * no_offset
     yield ALIBI_SYMMETRIC, -slopes * (query - key).abs().double()
+
+
+# ---------------------------------------------------------------------------------------
+# Norms, activations, feed-forward networks
+# ---------------------------------------------------------------------------------------
+LN_UNBIASED = "the variance is unbiased (divides by d - 1); LayerNorm uses the biased variance (divide by d)"
+LN_EPS_OUTSIDE = "eps is added outside the square root: (x - mean) / (sqrt(var) + eps); it goes inside, sqrt(var + eps)"
+LN_NO_AFFINE = "the learned weight and bias are not applied after normalising"
+RMS_MEAN = "the mean is subtracted: RMSNorm only divides by the root mean square, x / sqrt(mean(x^2) + eps)"
+RMS_EPS_OUTSIDE = "eps is added outside the square root: x / (sqrt(mean(x^2)) + eps)"
+NORM_EPS_IGNORED = "the eps argument is ignored (a fixed value is used)"
+GELU_EXACT = ("this is the exact GELU, x * Phi(x) with erf; GPT-2 uses the tanh approximation "
+              "0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))")
+RELU = "this is ReLU; the course's FeedForward uses GELU (tanh approximation)"
+SWIGLU_SWAPPED = "the SwiGLU branches are swapped: silu goes on gate_proj(x), not on up_proj(x)"
+SILU_WRONG = "SiLU is x * sigmoid(x)"
+
+
+def layernorm_mistakes(x, weight, bias, eps):
+    x = x.double()
+    mean = x.mean(-1, keepdim=True)
+    var = x.var(-1, keepdim=True, unbiased=False)
+    w, b = weight.double(), bias.double()
+    yield LN_UNBIASED, (x - mean) / torch.sqrt(x.var(-1, keepdim=True, unbiased=True) + eps) * w + b
+    yield LN_EPS_OUTSIDE, (x - mean) / (torch.sqrt(var) + eps) * w + b
+    yield LN_NO_AFFINE, (x - mean) / torch.sqrt(var + eps)
+    for other in (1e-5, 1e-6, 1e-12):
+        if other != eps:
+            yield NORM_EPS_IGNORED, (x - mean) / torch.sqrt(var + other) * w + b
+
+
+def rmsnorm_mistakes(x, weight, eps):
+    x, w = x.double(), weight.double()
+    centred = x - x.mean(-1, keepdim=True)
+    yield RMS_MEAN, centred / torch.sqrt(centred.pow(2).mean(-1, keepdim=True) + eps) * w
+    yield RMS_EPS_OUTSIDE, x / (torch.sqrt(x.pow(2).mean(-1, keepdim=True)) + eps) * w
+    for other in (1e-5, 1e-6):
+        if other != eps:
+            yield NORM_EPS_IGNORED, x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + other) * w
+
+
+def gelu_mistakes(x):
+    yield GELU_EXACT, torch.nn.functional.gelu(x.double())
+    yield RELU, torch.relu(x.double())
+
+
+def silu_mistakes(x):
+    yield SILU_WRONG, torch.sigmoid(x.double())
+    yield SILU_WRONG, x.double() * torch.tanh(x.double())
+
+
+def _lin(x, state, name):
+    return _linear(x, state, name)
+
+
+def feedforward_mistakes(state, x):
+    h = _lin(x, state, "fc1")
+    yield GELU_EXACT, _lin(torch.nn.functional.gelu(h), state, "fc2")
+    yield RELU, _lin(torch.relu(h), state, "fc2")
+
+
+def swiglu_mistakes(state, x):
+    gate, up = _lin(x, state, "gate_proj"), _lin(x, state, "up_proj")
+    yield SWIGLU_SWAPPED, _lin(torch.nn.functional.silu(up) * gate, state, "down_proj")
+    yield GELU_EXACT, _lin(torch.nn.functional.gelu(gate) * up, state, "down_proj")
+
+
+# ---------------------------------------------------------------------------------------
+# Decoder block and GPT (computed with the reference's own modules, in float64)
+# ---------------------------------------------------------------------------------------
+PRE_POST_SWAPPED = {
+    True: ("this is a Post-LN block (x = norm(x + sublayer(x))) but the config asks for Pre-LN: "
+           "x = x + attn(norm1(x)); x = x + ffn(norm2(x))"),
+    False: ("this is a Pre-LN block (x = x + sublayer(norm(x))) but the config asks for Post-LN "
+            "(prenorm=False): x = norm1(x + attn(x)); x = norm2(x + ffn(x))"),
+}
+NO_ATTN_RESIDUAL = "the residual connection around the attention is missing (x + attn(...))"
+NO_FFN_RESIDUAL = "the residual connection around the feed-forward network is missing (x + ffn(...))"
+NOT_CAUSAL = "the self-attention is not causal: later tokens leak into earlier positions (is_causal=True)"
+NORMS_SWAPPED = "norm1 and norm2 are used the wrong way round (norm1 before attention, norm2 before the FFN)"
+UNTIED = "the output head is not tied to the token embedding: lm_head.weight must be tok_emb.weight"
+NO_FINAL_NORM = "the final norm norm_f is not applied before lm_head"
+NO_POSITIONS = "the learned position embedding pos_emb is not added to the token embedding"
+
+
+def _block_variant(block, x, *, prenorm=None, attn_residual=True, ffn_residual=True, causal=True,
+                   swap_norms=False):
+    prenorm = block.config.prenorm if prenorm is None else prenorm
+    n1, n2 = (block.norm2, block.norm1) if swap_norms else (block.norm1, block.norm2)
+
+    def attn(h):
+        return block.attn(h, is_causal=causal)
+
+    if prenorm:
+        x = (x if attn_residual else 0) + attn(n1(x))
+        return (x if ffn_residual else 0) + block.ffn(n2(x))
+    x = n1((x if attn_residual else 0) + attn(x))
+    return n2((x if ffn_residual else 0) + block.ffn(x))
+
+
+def block_mistakes(block, x):
+    """``block``: the reference DecoderBlock in float64 with the test's weights."""
+    x = x.double()
+    with torch.no_grad():
+        yield PRE_POST_SWAPPED[block.config.prenorm], _block_variant(block, x, prenorm=not block.config.prenorm)
+        yield NO_ATTN_RESIDUAL, _block_variant(block, x, attn_residual=False)
+        yield NO_FFN_RESIDUAL, _block_variant(block, x, ffn_residual=False)
+        yield NOT_CAUSAL, _block_variant(block, x, causal=False)
+        yield NORMS_SWAPPED, _block_variant(block, x, swap_norms=True)
+
+
+def gpt_mistakes(model, idx):
+    """``model``: the reference GPT in float64 with the test's weights."""
+    positions = torch.arange(idx.shape[1])
+
+    def run(h, final_norm=True):
+        for block in model.blocks:
+            h = block(h, positions=positions)
+        return model.lm_head(model.norm_f(h) if final_norm else h)
+
+    with torch.no_grad():
+        tokens = model.tok_emb(idx)
+        with_positions = tokens + model.pos_emb(positions) if model.pos_emb is not None else tokens
+        yield NO_FINAL_NORM, run(with_positions, final_norm=False)
+        if model.pos_emb is not None:
+            yield NO_POSITIONS, run(tokens)

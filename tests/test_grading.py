@@ -38,6 +38,7 @@ VARIANTS = {  # variant folder -> the exercises it implements differently
     "einsum": ["attention"],
     "loops": ["attention"],
     "complex": ["rope", "positional"],
+    "blocks": ["layers", "decoder_block", "gpt"],
 }
 
 

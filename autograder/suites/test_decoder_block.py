@@ -1,0 +1,118 @@
+"""Hidden suite: exercises/decoder_block.py (lecture 04): GPT-2 style and Llama style blocks,
+Pre-LN and Post-LN, with random weights everywhere (norm weights included)."""
+import dataclasses
+
+import pytest
+import torch
+
+from autograder import mistakes
+from autograder.compare import check_tensor
+from autograder.inputs import randn, random_state_dict
+from solutions.decoder_block import BlockConfig, DecoderBlock
+
+F64, F32 = torch.float64, torch.float32
+
+CONFIGS = {
+    "gpt2-preln": dict(d_model=24, n_heads=6),
+    "postln": dict(d_model=24, n_heads=6, prenorm=False),
+    "llama-gqa-rope": dict(d_model=24, n_heads=6, n_kv_heads=2, d_ff=40, norm="rmsnorm", norm_eps=1e-6,
+                           ffn="swiglu", rope_theta=10000.0, bias=False),
+    "llama-postln": dict(d_model=24, n_heads=6, n_kv_heads=3, d_ff=40, norm="rmsnorm", ffn="swiglu",
+                         rope_theta=500000.0, bias=False, prenorm=False),
+}
+
+
+def reference(config, seed):
+    block = DecoderBlock(BlockConfig(**config)).double()
+    state = random_state_dict(block, seed=seed, std=0.3)
+    block.load_state_dict(state)
+    return block.eval(), state
+
+
+def run(worker, config, state, x, **call):
+    """The student's block built from BlockConfig(**config) inside the worker."""
+    return worker.call("@block_forward", config, state, x, dtype=x.dtype, **call)
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize("name", CONFIGS)
+def test_block_parameters(worker, name):
+    """DecoderBlock has norm1, attn, norm2, ffn with the API's names and shapes (d_ff None -> 4 d)."""
+    got = worker.call("@block_parameters", CONFIGS[name])
+    expected = {n: tuple(p.shape) for n, p in DecoderBlock(BlockConfig(**CONFIGS[name])).named_parameters()}
+    params = {n: tuple(info["shape"]) for n, info in got["parameters"].items()}
+    assert params == expected, (f"DecoderBlock({name}) parameters differ: missing "
+                                f"{sorted(set(expected) - set(params))}, unexpected {sorted(set(params) - set(expected))}, "
+                                f"shapes {[(n, params[n], expected[n]) for n in params if n in expected and params[n] != expected[n]]}")
+
+
+@pytest.mark.points(3)
+@pytest.mark.parametrize("name", CONFIGS)
+def test_block_forward(worker, name):
+    """the block's output matches the reference (Pre-LN or Post-LN as configured)."""
+    block, state = reference(CONFIGS[name], seed=1)
+    x = randn(2, 7, 24, seed=2, dtype=F64)
+    got = run(worker, CONFIGS[name], state, x)
+    with torch.no_grad():
+        expected = block(x)
+    check_tensor(got["out"], expected, f"DecoderBlock({name})(x)", n_terms=40,
+                 mistakes=lambda: mistakes.block_mistakes(block, x))
+
+
+@pytest.mark.points(1)
+def test_block_float32(worker):
+    """the block runs in float32 and matches to float32 precision."""
+    block, state = reference(CONFIGS["llama-gqa-rope"], seed=3)
+    x = randn(2, 6, 24, seed=4, dtype=F32)
+    got = run(worker, CONFIGS["llama-gqa-rope"], {k: v.float() for k, v in state.items()}, x)
+    with torch.no_grad():
+        expected = block(x.double())
+    check_tensor(got["out"], expected, "DecoderBlock(llama)(x) in float32", dtype=F32, n_terms=40,
+                 magnitude=4.0, mistakes=lambda: mistakes.block_mistakes(block, x))
+
+
+@pytest.mark.points(2)
+@pytest.mark.parametrize("name", ["gpt2-preln", "llama-gqa-rope"])
+def test_block_is_causal(worker, name):
+    """changing a later token never changes an earlier output."""
+    _, state = reference(CONFIGS[name], seed=5)
+    x = randn(1, 6, 24, seed=6, dtype=F64)
+    changed = x.clone()
+    changed[:, 4:] += randn(1, 2, 24, seed=7, dtype=F64)
+    a = run(worker, CONFIGS[name], state, x)["out"]
+    b = run(worker, CONFIGS[name], state, changed)["out"]
+    for out in (a, b):
+        assert isinstance(out, torch.Tensor) and out.shape == x.shape, "expected (1, 6, 24) outputs"
+    moved = (a[:, :4] - b[:, :4]).abs().max().item()
+    assert moved < 1e-12, (f"changing tokens 4 and 5 moved the outputs at positions 0-3 by {moved:.3g}: "
+                           f"{mistakes.NOT_CAUSAL}")
+
+
+@pytest.mark.points(2)
+@pytest.mark.parametrize("name", ["gpt2-preln", "postln"])
+def test_block_gradients(worker, name):
+    """gradients w.r.t. the input and every weight match the reference."""
+    block, state = reference(CONFIGS[name], seed=8)
+    x = randn(2, 5, 24, seed=9, dtype=F64)
+    grad_out = randn(2, 5, 24, seed=10, dtype=F64)
+    got = run(worker, CONFIGS[name], state, x, grad_output=grad_out)
+    x_ = x.clone().requires_grad_(True)
+    block(x_).backward(grad_out)
+    check_tensor(got["input_grads"][0], x_.grad, f"d DecoderBlock({name}) / dx", n_terms=96, magnitude=8.0)
+    for n, p in block.named_parameters():
+        check_tensor(got["param_grads"].get(n), p.grad, f"gradient of {n}", n_terms=96, magnitude=8.0)
+
+
+@pytest.mark.points(1)
+def test_block_positions_reach_rope(worker):
+    """positions passed to the block reach the attention's RoPE."""
+    config = CONFIGS["llama-gqa-rope"]
+    block, state = reference(config, seed=11)
+    x = randn(2, 5, 24, seed=12, dtype=F64)
+    positions = torch.tensor([3, 4, 9, 10, 20])
+    got = run(worker, config, state, x, kwargs={"positions": positions})
+    with torch.no_grad():
+        expected = block(x, positions=positions)
+        ignored = block(x)
+    check_tensor(got["out"], expected, "DecoderBlock(llama)(x, positions=[3, 4, 9, 10, 20])", n_terms=40,
+                 mistakes=lambda: [(mistakes.ROPE_POSITIONS_IGNORED, ignored)])

@@ -1,0 +1,120 @@
+"""Hidden suite: exercises/gpt.py (lectures 04 and 05): the GPT model, GPT-2 style (learned
+positions, tied head) and Llama style (RoPE, GQA, RMSNorm, SwiGLU, untied head)."""
+import copy
+
+import pytest
+import torch
+
+from autograder import mistakes
+from autograder.compare import check_tensor
+from autograder.inputs import random_state_dict
+from solutions.decoder_block import BlockConfig
+from solutions.gpt import GPT, GPTConfig
+
+F64 = torch.float64
+
+CONFIGS = {
+    "gpt2-tied": dict(vocab_size=50, max_seq_len=16, n_layers=2, block=dict(d_model=24, n_heads=6)),
+    "llama-untied": dict(vocab_size=53, max_seq_len=16, n_layers=2, learned_positions=False, tie_weights=False,
+                         block=dict(d_model=24, n_heads=6, n_kv_heads=2, d_ff=40, norm="rmsnorm",
+                                    ffn="swiglu", rope_theta=10000.0, bias=False)),
+    "postln-tied": dict(vocab_size=50, max_seq_len=16, n_layers=2, block=dict(d_model=24, n_heads=4, prenorm=False)),
+}
+
+
+def reference(name, seed):
+    config = CONFIGS[name]
+    model = GPT(GPTConfig(**{**config, "block": BlockConfig(**config["block"])})).double()
+    state = random_state_dict(model, seed=seed, std=0.3)
+    if model.config.tie_weights:
+        state["lm_head.weight"] = state["tok_emb.weight"]  # one tensor, as in the model
+    model.load_state_dict(state)
+    return model.eval(), state
+
+
+def tokens(name, seed, length=9, batch=2):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, CONFIGS[name]["vocab_size"], (batch, length), generator=g)
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize("name", CONFIGS)
+def test_gpt_parameters(worker, name):
+    """GPT has tok_emb, pos_emb (only with learned positions), blocks.i.*, norm_f, lm_head."""
+    got = worker.call("@gpt_parameters", CONFIGS[name])
+    model, _ = reference(name, seed=0)
+    expected = {n: tuple(p.shape) for n, p in model.named_parameters(remove_duplicate=False)}
+    params = {n: tuple(info["shape"]) for n, info in got["parameters"].items()}
+    assert params == expected, (f"GPT({name}) parameters differ: missing {sorted(set(expected) - set(params))}, "
+                                f"unexpected {sorted(set(params) - set(expected))}")
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize("name", ["gpt2-tied", "llama-untied"])
+def test_gpt_weight_tying(worker, name):
+    """with tie_weights, lm_head.weight IS tok_emb.weight (one tensor); without, two tensors."""
+    got = worker.call("@gpt_parameters", CONFIGS[name])
+    tied = any({"tok_emb.weight", "lm_head.weight"} <= set(group) for group in got["shared"])
+    if CONFIGS[name].get("tie_weights", True):
+        assert tied, mistakes.UNTIED
+    else:
+        assert not tied, "tie_weights=False, yet lm_head.weight shares tok_emb.weight's storage"
+
+
+@pytest.mark.points(3)
+@pytest.mark.parametrize("name", CONFIGS)
+def test_gpt_logits(worker, name):
+    """logits match the reference with the same weights."""
+    model, state = reference(name, seed=1)
+    idx = tokens(name, seed=2)
+    got = worker.call("@gpt_forward", CONFIGS[name], state, idx, dtype=F64)
+    with torch.no_grad():
+        expected = model(idx)
+    check_tensor(got["out"], expected, f"GPT({name})(idx (2, 9))", n_terms=40, magnitude=4.0,
+                 mistakes=lambda: mistakes.gpt_mistakes(model, idx))
+
+
+@pytest.mark.points(1)
+def test_gpt_single_token(worker):
+    """a one-token sequence works (the first step of generation)."""
+    model, state = reference("llama-untied", seed=3)
+    idx = tokens("llama-untied", seed=4, length=1, batch=3)
+    got = worker.call("@gpt_forward", CONFIGS["llama-untied"], state, idx, dtype=F64)
+    with torch.no_grad():
+        expected = model(idx)
+    check_tensor(got["out"], expected, "GPT(llama)(idx (3, 1))", n_terms=40, magnitude=4.0)
+
+
+@pytest.mark.points(2)
+@pytest.mark.parametrize("name", ["gpt2-tied", "llama-untied"])
+def test_gpt_gradients(worker, name):
+    """gradients of every parameter match (a tied embedding gets both of its uses)."""
+    model, state = reference(name, seed=5)
+    idx = tokens(name, seed=6)
+    grad_out = torch.randn(2, 9, CONFIGS[name]["vocab_size"], dtype=F64,
+                           generator=torch.Generator().manual_seed(7))
+    got = worker.call("@gpt_forward", CONFIGS[name], state, idx, dtype=F64, grad_output=grad_out)
+    model(idx).backward(grad_out)
+    for n, p in model.named_parameters():
+        hint = f" ({mistakes.UNTIED}?)" if n == "tok_emb.weight" and model.config.tie_weights else ""
+        check_tensor(got["param_grads"].get(n), p.grad, f"gradient of {n}{hint}", n_terms=60, magnitude=4.0)
+
+
+@pytest.mark.points(2)
+@pytest.mark.parametrize("name", ["gpt2-tied", "llama-untied"])
+def test_gpt_after_an_optimizer_step(worker, name):
+    """after one AdamW step the model still matches the reference (every weight registered and
+    updated; a tied head stays tied)."""
+    model, state = reference(name, seed=8)
+    idx = tokens(name, seed=9)
+    targets = tokens(name, seed=10)
+    got = worker.call("@gpt_train_step", CONFIGS[name], state, idx, targets, dtype=F64)
+    reference_model = copy.deepcopy(model).train()
+    optimizer = torch.optim.AdamW(reference_model.parameters(), lr=1e-2, weight_decay=0.1)
+    loss = torch.nn.functional.cross_entropy(reference_model(idx).flatten(0, 1), targets.flatten())
+    loss.backward()
+    optimizer.step()
+    with torch.no_grad():
+        expected = reference_model.eval()(idx)
+    check_tensor(got["loss"], loss.detach(), "cross-entropy before the step", n_terms=60, magnitude=4.0)
+    check_tensor(got["logits_after"], expected, "logits after one AdamW step", n_terms=60, magnitude=4.0)

@@ -1,0 +1,77 @@
+"""Exercise: the decoder block of GPT-2 and Llama (lecture 04).
+
+    Pre-LN  (GPT-2, Llama):            x = x + attn(norm1(x));  x = x + ffn(norm2(x))
+    Post-LN (the original Transformer): x = norm1(x + attn(x));  x = norm2(x + ffn(x))
+
+The attention is causal self-attention: a token never sees later tokens.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .attention import MultiHeadAttention
+from .layers import FeedForward, LayerNorm, RMSNorm, SwiGLU
+
+
+@dataclass
+class BlockConfig:
+    d_model: int
+    n_heads: int
+    n_kv_heads: int | None = None  # None: one key/value head per query head (MHA)
+    d_ff: int | None = None  # None: 4 * d_model, GPT-2's expansion
+    norm: str = "layernorm"  # "layernorm" (GPT-2) or "rmsnorm" (Llama)
+    norm_eps: float = 1e-5  # GPT-2's layer_norm_epsilon; Llama checkpoints use 1e-5 or 1e-6
+    ffn: str = "gelu"  # "gelu" (FeedForward, GPT-2) or "swiglu" (SwiGLU, Llama)
+    rope_theta: float | None = None  # None: no rotary embedding (GPT-2 adds learned positions)
+    prenorm: bool = True  # Pre-LN, as GPT-2 and Llama; False: Post-LN as in Vaswani et al.
+    bias: bool = True  # biases in attention and FeedForward (GPT-2 has them, Llama not)
+
+
+def make_norm(config: BlockConfig) -> nn.Module:
+    if config.norm == "layernorm":
+        return LayerNorm(config.d_model, eps=config.norm_eps)
+    if config.norm == "rmsnorm":
+        return RMSNorm(config.d_model, eps=config.norm_eps)
+    raise ValueError(f"norm must be 'layernorm' or 'rmsnorm', got {config.norm!r}")
+
+
+class DecoderBlock(nn.Module):
+    """One decoder block. Submodules: ``norm1``, ``attn`` (MultiHeadAttention), ``norm2``,
+    ``ffn`` (FeedForward or SwiGLU), built from ``config`` (see ``BlockConfig``):
+    attn = MultiHeadAttention(d_model, n_heads, n_kv_heads, bias=bias, rope_theta=rope_theta);
+    ffn = FeedForward(d_model, d_ff, bias=bias) or SwiGLU(d_model, d_ff);
+    norms = LayerNorm or RMSNorm with eps=norm_eps (hint: ``make_norm``).
+    """
+
+    def __init__(self, config: BlockConfig):
+        super().__init__()
+        self.config = config
+        d_ff = config.d_ff if config.d_ff is not None else 4 * config.d_model
+        if config.ffn not in ("gelu", "swiglu"):
+            raise ValueError(f"ffn must be 'gelu' or 'swiglu', got {config.ffn!r}")
+        ### BEGIN SOLUTION
+        self.norm1 = make_norm(config)
+        self.attn = MultiHeadAttention(config.d_model, config.n_heads, config.n_kv_heads,
+                                       bias=config.bias, rope_theta=config.rope_theta)
+        self.norm2 = make_norm(config)
+        if config.ffn == "gelu":
+            self.ffn = FeedForward(config.d_model, d_ff, bias=config.bias)
+        else:
+            self.ffn = SwiGLU(config.d_model, d_ff)
+        ### END SOLUTION
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None, cache=None) -> torch.Tensor:
+        """x: (b, s, d_model) -> (b, s, d_model), causal self-attention.
+
+        positions and cache are handed to the attention (RoPE positions, KV cache).
+        """
+        ### BEGIN SOLUTION
+        if self.config.prenorm:
+            x = x + self.attn(self.norm1(x), is_causal=True, positions=positions, cache=cache)
+            return x + self.ffn(self.norm2(x))
+        x = self.norm1(x + self.attn(x, is_causal=True, positions=positions, cache=cache))
+        return self.norm2(x + self.ffn(x))
+        ### END SOLUTION
