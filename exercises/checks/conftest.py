@@ -33,3 +33,18 @@ def rope():
 @pytest.fixture(scope="session")
 def positional():
     return _exercise("positional")
+
+
+@pytest.fixture(scope="session")
+def layers():
+    return _exercise("layers")
+
+
+@pytest.fixture(scope="session")
+def decoder_block():
+    return _exercise("decoder_block")
+
+
+@pytest.fixture(scope="session")
+def gpt():
+    return _exercise("gpt")
