@@ -230,3 +230,104 @@ def gpt_train_step(sub, config, state_dict, idx, targets, *, dtype=None, lr=1e-2
     optimizer.step()
     with torch.no_grad():
         return {"loss": loss.detach(), "logits_after": model.eval()(idx)}
+
+
+# -- KV cache -----------------------------------------------------------------------------
+def kv_cache_session(sub, init_kwargs, ops):
+    """Drive the student's KVCache through ``ops`` and report what it did.
+
+    ops: ("update", layer, k, v) | ("crop", n) | ("reset",). For each op the result holds
+    the cache's seq_len afterwards and, for updates, the returned (k_all, v_all), whether
+    they are views of the storage the first update returned (no reallocation), and the
+    exception raised, if any. ``torch.cat`` calls during updates are counted.
+    """
+    cache = sub.load("kv_cache.KVCache")(**init_kwargs)
+    storages, results, cat_calls = {}, [], [0]
+    original_cat = torch.cat
+
+    def counting_cat(*args, **kwargs):
+        cat_calls[0] += 1
+        return original_cat(*args, **kwargs)
+
+    for op in ops:
+        entry = {"op": op[0]}
+        try:
+            if op[0] == "update":
+                layer = cache.layer(op[1])
+                torch.cat = counting_cat
+                try:
+                    k_all, v_all = layer.update(op[2], op[3])
+                finally:
+                    torch.cat = original_cat
+                # copies: later updates overwrite what these views show
+                entry.update(k=k_all.clone(), v=v_all.clone(), layer_seq_len=layer.seq_len)
+                pointer = (k_all.untyped_storage().data_ptr(), v_all.untyped_storage().data_ptr())
+                entry["same_storage"] = storages.setdefault(op[1], pointer) == pointer
+            elif op[0] == "crop":
+                cache.crop(op[1])
+            elif op[0] == "reset":
+                cache.reset()
+            entry["seq_len"] = cache.seq_len
+        except Exception as exc:  # the test decides whether this exception was the right one
+            entry["raised"] = type(exc).__name__
+            entry["message"] = str(exc)[:300]
+        results.append(entry)
+    return {"results": results, "cat_calls": cat_calls[0]}
+
+
+def _record_updates(sub):
+    """Patch the student's LayerKVCache.update to record the shapes it is given."""
+    layer_class = sub.load("kv_cache.LayerKVCache")
+    original = layer_class.update
+    shapes = []
+
+    def recording_update(self, k, v):
+        shapes.append(tuple(k.shape))
+        return original(self, k, v)
+
+    layer_class.update = recording_update
+    return shapes, lambda: setattr(layer_class, "update", original)
+
+
+def gpt_cached_logits(sub, config, state_dict, prompt, steps, *, dtype=None):
+    """The student's GPT with the student's KVCache: prefill ``prompt``, then each (b, 1)
+    token of ``steps``. Returns the logits of every call and the shapes given to update."""
+    model = _load_weights(_gpt(sub, config), state_dict, dtype, "GPT").eval()
+    block = config["block"]
+    total = prompt.shape[1] + sum(s.shape[1] for s in steps)
+    cache = sub.load("kv_cache.KVCache")(
+        n_layers=config["n_layers"], batch_size=prompt.shape[0], max_seq_len=total,
+        n_kv_heads=block.get("n_kv_heads") or block["n_heads"],
+        head_dim=block["d_model"] // block["n_heads"], dtype=dtype or torch.float32)
+    shapes, restore = _record_updates(sub)
+    logits, raised = [], ""
+    try:
+        with torch.no_grad():
+            for tokens in [prompt, *steps]:
+                logits.append(model(tokens, cache=cache))
+    except Exception as exc:  # reported with the shapes seen so far, which often explain it
+        raised = f"{type(exc).__name__}: {str(exc)[:300]}"
+    finally:
+        restore()
+    return {"logits": logits, "update_shapes": shapes, "raised": raised}
+
+
+def gpt_generate(sub, config, state_dict, idx, max_new_tokens, *, dtype=None, seed=None, **kwargs):
+    """The student's ``generate`` on the student's GPT; records the length of every input
+    the model is called with (prefill once, then one token per step)."""
+    model = _load_weights(_gpt(sub, config), state_dict, dtype, "GPT").eval()
+    lengths = []
+    model.register_forward_pre_hook(
+        lambda module, args, kw: lengths.append(int((args[0] if args else kw["idx"]).shape[1])),
+        with_kwargs=True)
+    if seed is not None:
+        kwargs["generator"] = torch.Generator().manual_seed(seed)
+    tokens = sub.load("kv_cache.generate")(model, idx, max_new_tokens, **kwargs)
+    return {"tokens": tokens, "input_lengths": lengths}
+
+
+def sample(sub, logits, seed=None, **kwargs):
+    """``sample_next_token`` with a generator seeded here (generators cannot cross the pipe)."""
+    if seed is not None:
+        kwargs["generator"] = torch.Generator().manual_seed(seed)
+    return sub.load("kv_cache.sample_next_token")(logits, **kwargs)

@@ -48,3 +48,8 @@ def decoder_block():
 @pytest.fixture(scope="session")
 def gpt():
     return _exercise("gpt")
+
+
+@pytest.fixture(scope="session")
+def kv_cache():
+    return _exercise("kv_cache")

@@ -1,0 +1,268 @@
+"""Hidden suite: exercises/kv_cache.py (lecture 07), and the cache inside your GPT.
+
+The model tests build YOUR GPT (gpt.py, decoder_block.py, attention.py) with the grader's
+weights and YOUR KVCache, and compare with the reference model run without a cache.
+Weights are drawn from N(0, 0.3) and compared in float64, so greedy tokens do not tie.
+"""
+import math
+
+import pytest
+import torch
+
+from autograder import mistakes
+from autograder.compare import check_tensor
+from autograder.inputs import randn, random_state_dict
+from solutions import kv_cache as ref
+from solutions.decoder_block import BlockConfig
+from solutions.gpt import GPT, GPTConfig
+
+F64 = torch.float64
+PROMPT_RERUN = "the prompt is run again at every step: after the prefill, feed only the newest token"
+NO_OFFSET = ("positions were not offset by the cache length: a cached step at position p must use "
+             "position p (GPT: arange(cache.seq_len, cache.seq_len + s))")
+WRONG_AXIS = "new keys/values are appended along the wrong axis: the sequence axis is dim 2 of (b, n_kv, s, d)"
+KV_REPEATED = ("the cache holds n_heads key/value heads: store the n_kv_heads heads and repeat them "
+               "after reading from the cache (that is the memory GQA saves)")
+
+CONFIGS = {
+    "gpt2": dict(vocab_size=61, max_seq_len=48, n_layers=2, block=dict(d_model=24, n_heads=6)),
+    "llama-gqa": dict(vocab_size=67, max_seq_len=48, n_layers=2, learned_positions=False, tie_weights=False,
+                      block=dict(d_model=24, n_heads=6, n_kv_heads=2, d_ff=40, norm="rmsnorm",
+                                 ffn="swiglu", rope_theta=10000.0, bias=False)),
+}
+
+
+def reference(name, seed):
+    config = CONFIGS[name]
+    model = GPT(GPTConfig(**{**config, "block": BlockConfig(**config["block"])})).double()
+    state = random_state_dict(model, seed=seed, std=0.3)
+    for key in state:
+        # norm weights around 1, not 0: near-zero gains collapse a random GPT-2 onto one
+        # token, and greedy tokens that never change cannot tell a broken cache apart
+        if key.endswith(("norm1.weight", "norm2.weight", "norm_f.weight")):
+            state[key] = 1 + state[key]
+    if model.config.tie_weights:
+        state["lm_head.weight"] = state["tok_emb.weight"]
+    model.load_state_dict(state)
+    return model.eval(), state
+
+
+def tokens(name, seed, length, batch=2):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, CONFIGS[name]["vocab_size"], (batch, length), generator=g)
+
+
+# ---------------------------------------------------------------------------------------
+# kv_cache_bytes
+# ---------------------------------------------------------------------------------------
+@pytest.mark.points(2)
+def test_kv_cache_bytes_worked_examples(worker):
+    """kv_cache_bytes: 7B at 2048 tokens = 1 GiB; LLaMA-3-70B (8 KV heads) at 1M tokens ~ 328 GB."""
+    cases = [((32, 32, 128, 2048), {}, 2 ** 30),
+             ((80, 8, 128, 1_000_000), {}, 327_680_000_000),
+             ((2, 4, 16, 10), {"batch_size": 3, "bytes_per_elem": 4}, 2 * 2 * 3 * 10 * 4 * 16 * 4)]
+    for args, kwargs, expected in cases:
+        got = worker.call("kv_cache.kv_cache_bytes", *args, **kwargs)
+        hint = " (the factor 2 counts keys AND values)" if got == expected // 2 else ""
+        assert got == expected, f"kv_cache_bytes{args} {kwargs}: expected {expected:,}, got {got!r}{hint}"
+
+
+# ---------------------------------------------------------------------------------------
+# KVCache and LayerKVCache
+# ---------------------------------------------------------------------------------------
+CACHE = dict(n_layers=2, batch_size=2, max_seq_len=8, n_kv_heads=3, head_dim=4, dtype=F64)
+
+
+def kv(seed, s):
+    return randn(2, 3, s, 4, seed=seed, dtype=F64), randn(2, 3, s, 4, seed=seed + 100, dtype=F64)
+
+
+@pytest.mark.points(2)
+def test_cache_update_returns_everything_stored(worker):
+    """update appends along the sequence axis and returns views over all stored positions."""
+    (k1, v1), (k2, v2), (k3, v3) = kv(1, 3), kv(2, 1), kv(3, 2)
+    ops = [("update", 0, k1, v1), ("update", 1, k1 * 2, v1 * 2), ("update", 0, k2, v2), ("update", 0, k3, v3)]
+    got = worker.call("@kv_cache_session", CACHE, ops)["results"]
+    for entry in got:
+        assert "raised" not in entry, f"{entry['op']} raised {entry['raised']}: {entry['message']}"
+    check_tensor(got[0]["k"], k1, "k_all after one update of 3 positions")
+    check_tensor(got[3]["k"], torch.cat([k1, k2, k3], dim=2), "k_all after updates of 3, 1 and 2 positions")
+    check_tensor(got[3]["v"], torch.cat([v1, v2, v3], dim=2), "v_all after updates of 3, 1 and 2 positions")
+    check_tensor(got[1]["k"], k1 * 2, "layer 1's k_all (layers are independent)")
+    assert got[3]["layer_seq_len"] == 6, f"layer 0's seq_len after 3 + 1 + 2 positions: expected 6, got {got[3]['layer_seq_len']}"
+    # two equal updates: appending on another axis would also "work", with a telling shape
+    (k4, v4), (k5, v5) = kv(4, 2), kv(5, 2)
+    got = worker.call("@kv_cache_session", CACHE, [("update", 0, k4, v4), ("update", 0, k5, v5)])["results"]
+    assert "raised" not in got[1], f"update raised {got[1].get('raised')}: {got[1].get('message')}"
+    check_tensor(got[1]["k"], torch.cat([k4, k5], dim=2), "k_all after two updates of 2 positions",
+                 mistakes=lambda: [(WRONG_AXIS, torch.cat([k4, k5], dim=d)) for d in (0, 1, 3)])
+
+
+@pytest.mark.points(1)
+def test_cache_is_preallocated(worker):
+    """the buffers are allocated once: every update returns views of the same storage, no torch.cat."""
+    ops = [("update", 0, *kv(s, 1)) for s in range(6)]
+    got = worker.call("@kv_cache_session", CACHE, ops)
+    assert all("raised" not in e for e in got["results"]), got["results"][0].get("message")
+    assert all(e["same_storage"] for e in got["results"]), (
+        "update returned tensors on new storage: the cache was reallocated (preallocate once, write in place)")
+    assert got["cat_calls"] == 0, f"update called torch.cat {got['cat_calls']} times: write into the preallocated buffers"
+
+
+@pytest.mark.points(1)
+def test_cache_seq_len_grows_once_per_step(worker):
+    """KVCache.seq_len counts positions, not layer updates: one step of every layer adds s_new."""
+    ops = [("update", 0, *kv(1, 3)), ("update", 1, *kv(2, 3)), ("update", 0, *kv(3, 1)), ("update", 1, *kv(4, 1))]
+    got = worker.call("@kv_cache_session", CACHE, ops)["results"]
+    assert all("raised" not in e for e in got), got[0].get("message")
+    assert got[1]["seq_len"] == 3 and got[3]["seq_len"] == 4, (
+        f"seq_len after a 3-token step and a 1-token step of both layers: expected 3 then 4, got "
+        f"{got[1]['seq_len']} then {got[3]['seq_len']}")
+
+
+@pytest.mark.points(1)
+def test_cache_crop_and_reset(worker):
+    """crop(n) keeps the first n positions (n >= seq_len changes nothing); reset() empties it."""
+    (k1, v1), (k2, v2) = kv(5, 5), kv(6, 1)
+    ops = [("update", 0, k1, v1), ("update", 1, k1, v1), ("crop", 7), ("crop", 3),
+           ("update", 0, k2, v2), ("update", 1, k2, v2), ("reset",), ("update", 0, k2, v2), ("update", 1, k2, v2)]
+    got = worker.call("@kv_cache_session", CACHE, ops)["results"]
+    assert all("raised" not in e for e in got), [e.get("message") for e in got if "raised" in e]
+    lengths = [e["seq_len"] for e in got]
+    assert lengths == [0, 5, 5, 3, 3, 4, 0, 0, 1], f"seq_len after each step: expected [0, 5, 5, 3, 3, 4, 0, 0, 1], got {lengths}"
+    check_tensor(got[4]["k"], torch.cat([k1[:, :, :3], k2], dim=2), "k_all after crop(3) and one new position")
+    check_tensor(got[7]["k"], k2, "k_all after reset() and one new position")
+
+
+@pytest.mark.points(1)
+def test_cache_overflow_raises(worker):
+    """writing past max_seq_len raises ValueError."""
+    ops = [("update", 0, *kv(7, 6)), ("update", 0, *kv(8, 3))]
+    got = worker.call("@kv_cache_session", CACHE, ops)["results"]
+    assert "raised" not in got[0], f"6 of 8 positions raised {got[0]['raised']}: {got[0]['message']}"
+    assert got[1].get("raised") == "ValueError", (
+        f"6 + 3 positions in a cache of 8 should raise ValueError; "
+        f"{'it raised ' + got[1]['raised'] if 'raised' in got[1] else 'nothing was raised'}")
+
+
+# ---------------------------------------------------------------------------------------
+# the cache inside the model
+# ---------------------------------------------------------------------------------------
+@pytest.mark.points(3)
+@pytest.mark.parametrize("name", CONFIGS)
+def test_cached_steps_equal_a_full_forward(worker, name):
+    """prefill + one-token cached steps give the logits of one full forward at those positions."""
+    model, state = reference(name, seed=1)
+    prompt, steps = tokens(name, 2, 5), [tokens(name, 3 + i, 1) for i in range(4)]
+    got = worker.call("@gpt_cached_logits", CONFIGS[name], state, prompt, steps, dtype=F64)
+    full = torch.cat([prompt, *steps], dim=1)
+    with torch.no_grad():
+        expected = model(full)
+        # the mistake: a real cache, but every call starts its positions at 0
+        cache = ref.KVCache(2, 2, 9, CONFIGS[name]["block"].get("n_kv_heads") or 6, 4, dtype=F64)
+        no_offset = type("NoOffset", (), {"seq_len": 0, "layer": staticmethod(cache.layer)})()
+        restart = torch.cat([model(prompt, cache=no_offset)] + [model(step, cache=no_offset) for step in steps], dim=1)
+    assert not got["raised"], f"running GPT({name}) with your KVCache raised {got['raised']}"
+    logits = got["logits"]
+    assert isinstance(logits, list) and len(logits) == 5, "expected the logits of 5 calls"
+    check_tensor(torch.cat(logits, dim=1) if all(isinstance(t, torch.Tensor) for t in logits) else logits,
+                 expected, f"GPT({name}) logits: prefill of 5 tokens + 4 cached steps", n_terms=40, magnitude=4.0,
+                 mistakes=lambda: [(NO_OFFSET, restart)])
+
+
+@pytest.mark.points(1)
+def test_cache_holds_kv_heads(worker):
+    """with GQA the cache stores n_kv_heads heads (repeat them after reading, not before caching)."""
+    _, state = reference("llama-gqa", seed=4)
+    got = worker.call("@gpt_cached_logits", CONFIGS["llama-gqa"], state, tokens("llama-gqa", 5, 3),
+                      [tokens("llama-gqa", 6, 1)], dtype=F64)
+    shapes = got["update_shapes"]
+    assert shapes, "the model never called LayerKVCache.update" + (f" ({got['raised']})" if got["raised"] else "")
+    heads = {s[1] for s in shapes}
+    assert heads == {2}, f"update was given keys with {sorted(heads)} heads; expected n_kv_heads=2" + (
+        f": {KV_REPEATED}" if 6 in heads else "")
+
+
+@pytest.mark.points(2)
+@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("use_cache", [True, False], ids=["cache", "no-cache"])
+def test_greedy_generation(worker, name, use_cache):
+    """greedy generate gives the reference's tokens, with and without the cache."""
+    model, state = reference(name, seed=7)
+    idx = tokens(name, 8, 6)
+    got = worker.call("@gpt_generate", CONFIGS[name], state, idx, 12, dtype=F64, use_cache=use_cache)
+    expected = ref.generate(model, idx, 12, use_cache=False)
+    check_tensor(got["tokens"], expected, f"generate(GPT({name}), prompt (2, 6), 12, use_cache={use_cache})")
+
+
+@pytest.mark.points(2)
+def test_generation_feeds_one_token_per_step(worker):
+    """with the cache the prompt runs once (prefill) and every later call gets exactly one token."""
+    _, state = reference("gpt2", seed=9)
+    got = worker.call("@gpt_generate", CONFIGS["gpt2"], state, tokens("gpt2", 10, 6), 5, dtype=F64, use_cache=True)
+    lengths = got["input_lengths"]
+    expected = [6, 1, 1, 1, 1]
+    hint = f": {PROMPT_RERUN}" if lengths[1:2] and lengths[1] > 1 else ""
+    assert lengths == expected, f"the model was called with inputs of lengths {lengths}; expected {expected}{hint}"
+
+
+# ---------------------------------------------------------------------------------------
+# sampling (statistical checks with fixed seeds; bounds stated in each test)
+# ---------------------------------------------------------------------------------------
+LOGITS = torch.tensor([2.0, 1.0, 3.5, 0.0, -1.0, 3.0, 0.5])
+N = 20_000  # draws per check, as one batch of identical rows
+
+
+def draws(worker, seed=0, **kwargs):
+    out = worker.call("@sample", LOGITS.expand(N, -1).contiguous(), seed=seed, **kwargs)
+    assert isinstance(out, torch.Tensor) and out.shape == (N,), (
+        f"sample_next_token(logits ({N}, 7)) should return ({N},) token ids; got "
+        f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}")
+    assert out.dtype == torch.long, f"token ids should be int64 (long), got {out.dtype}"
+    return out
+
+
+@pytest.mark.points(1)
+def test_sampling_greedy(worker):
+    """temperature 0 is argmax, row by row."""
+    logits = randn(5, 11, seed=11, dtype=torch.float32, scale=3.0)
+    got = worker.call("@sample", logits, temperature=0.0)
+    check_tensor(got, logits.argmax(-1), "sample_next_token(logits (5, 11), temperature=0)")
+
+
+@pytest.mark.points(2)
+def test_sampling_top_k_support(worker):
+    """top_k=3 draws only (and all of) the 3 most likely tokens."""
+    support = set(draws(worker, top_k=3).unique().tolist())
+    assert support == {2, 5, 0}, f"top_k=3 of logits {LOGITS.tolist()}: expected tokens {{0, 2, 5}}, drew {sorted(support)}"
+
+
+@pytest.mark.points(2)
+def test_sampling_top_p_support(worker):
+    """top_p keeps the smallest set of most likely tokens whose probability reaches top_p."""
+    probs = torch.softmax(LOGITS.double(), -1)  # sorted: 2 (0.499), 5 (0.303), 0 (0.111), ...
+    for top_p, expected in [(0.4, {2}), (0.7, {2, 5}), (0.85, {2, 5, 0})]:
+        support = set(draws(worker, top_p=top_p, seed=1).unique().tolist())
+        assert support == expected, (f"top_p={top_p} with probabilities {[round(p, 3) for p in probs.tolist()]}: "
+                                     f"expected tokens {sorted(expected)}, drew {sorted(support)}")
+
+
+@pytest.mark.points(2)
+@pytest.mark.parametrize("temperature", [0.5, 2.0])
+def test_sampling_temperature(worker, temperature):
+    """frequencies follow softmax(logits / T): every token within 5 binomial sigmas of it."""
+    got = draws(worker, temperature=temperature, seed=2)
+    freq = torch.bincount(got, minlength=7).double() / N
+    expected = torch.softmax(LOGITS.double() / temperature, -1)
+    sigma = (expected * (1 - expected) / N).sqrt()
+    worst = ((freq - expected).abs() / sigma).max().item()  # P(any of 7 beyond 5 sigma) < 1e-5
+    assert worst < 5, (f"temperature {temperature}: token frequencies {[round(f, 3) for f in freq.tolist()]} "
+                       f"vs softmax(logits / T) {[round(p, 3) for p in expected.tolist()]} ({worst:.1f} sigma off)")
+
+
+@pytest.mark.points(1)
+def test_sampling_is_reproducible_with_a_generator(worker):
+    """the same generator seed gives the same tokens; another seed other tokens."""
+    a, b, c = (draws(worker, seed=s, top_k=5)[:200] for s in (3, 3, 4))
+    assert torch.equal(a, b), "two draws with generators seeded alike differ: pass generator to torch.multinomial"
+    assert not torch.equal(a, c), "draws with different generator seeds are identical: the generator is ignored"
