@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 from rich.console import Console
@@ -48,19 +47,13 @@ def _skeletons(args) -> int:
 
 
 def _bench(args) -> int:
-    from .runner import grade
+    from . import bench
 
     console = Console()
-    started = time.monotonic()
-    report = grade(args.submission, args.exercise)
-    total = time.monotonic() - started
-    for exercise in report.exercises:
-        results = report.exercise_results(exercise)
-        console.print(f"{exercise:>24}: {len(results):3d} tests, {sum(r.duration for r in results):6.2f} s in tests")
-    goal = 60.0
-    console.print(f"full hidden suite for {args.submission}: {total:.1f} s wall "
-                  f"(goal <= {goal:.0f} s: {total / goal:.2f}x of the budget), "
-                  f"score {report.score:g}/{report.max_score:g}, {report.worker_restarts} worker restarts")
+    if args.only in (None, "grading"):
+        bench.bench_grading(console, args.submission, args.exercise)
+    if args.only in (None, "generation"):
+        bench.bench_generation(console, new_tokens=args.new_tokens)
     return 0
 
 
@@ -84,9 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--check", action="store_true", help="only check; exit 1 if they drifted")
     p.set_defaults(run=_skeletons)
 
-    p = sub.add_parser("bench", help="time the full hidden suite on one submission")
+    p = sub.add_parser("bench", help="time the hidden suites and the reference generation")
     p.add_argument("--submission", default=str(ROOT / "solutions"))
     p.add_argument("--exercise", action="append", metavar="NAME")
+    p.add_argument("--only", choices=["grading", "generation"], help="run one benchmark")
+    p.add_argument("--new-tokens", type=int, default=512, help="tokens to generate (default 512)")
     p.set_defaults(run=_bench)
 
     args = parser.parse_args(argv)

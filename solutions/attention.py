@@ -33,12 +33,12 @@ def softmax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """
     ### BEGIN SOLUTION
     row_max = x.amax(dim=dim, keepdim=True)
-    # an all -inf row would otherwise compute -inf - (-inf) = nan
-    row_max = torch.where(torch.isneginf(row_max), torch.zeros_like(row_max), row_max)
+    # an all -inf row would otherwise compute -inf - (-inf) = nan: a finite max keeps it -inf
+    row_max = row_max.clamp_min(torch.finfo(x.dtype).min)
     exp = torch.exp(x - row_max)
-    total = exp.sum(dim=dim, keepdim=True)
-    # all -inf rows have total 0 and exp 0: dividing by 1 leaves them at 0
-    return exp / torch.where(total == 0, torch.ones_like(total), total)
+    total = exp.sum(dim=dim, keepdim=True)  # >= 1 unless the whole row was -inf
+    # all -inf rows have exp 0 and total 0: dividing by the tiniest positive number keeps 0
+    return exp / total.clamp_min(torch.finfo(x.dtype).tiny)
     ### END SOLUTION
 
 
@@ -88,7 +88,7 @@ def scaled_dot_product_attention(
     d_k = q.shape[-1]
     if scale is None:
         scale = 1.0 / math.sqrt(d_k)
-    scores = (q @ k.transpose(-2, -1)) * scale  # (..., n_q, n_k)
+    scores = (q * scale) @ k.transpose(-2, -1)  # (..., n_q, n_k); scaling q is the cheaper side
     allowed = mask
     if is_causal:
         causal = causal_mask(q.shape[-2], k.shape[-2], device=q.device)  # (n_q, n_k)
@@ -178,15 +178,16 @@ class MultiHeadAttention(nn.Module):
         v = self.v_proj(source).view(b, n_k, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (b, kv, n_k, hd)
 
         if self.rope_theta is not None and context is None:
-            from .rope import apply_rope  # the RoPE exercise (lecture 03)
+            from .rope import rope_cos_sin, rotate  # the RoPE exercise (lecture 03)
 
             if positions is None:
                 past = cache.seq_len if cache is not None else 0
                 positions = torch.arange(past, past + n_q, device=x.device)  # (n_q,)
             if positions.dim() == 2:
                 positions = positions[:, None, :]  # (b, 1, n_q): broadcast over heads
-            q = apply_rope(q, positions, self.rope_theta)
-            k = apply_rope(k, positions, self.rope_theta)
+            cos, sin = rope_cos_sin(self.head_dim, positions.to(x.device), self.rope_theta)  # once for q and k
+            q = rotate(q, cos, sin)
+            k = rotate(k, cos, sin)
 
         if cache is not None:
             k, v = cache.update(k, v)  # (b, kv, n_past + n_k, hd)

@@ -18,11 +18,14 @@ ATOL = RTOL = 1e-5
 
 
 def randomise(model, seed, std=0.2):
-    """Non-default weights everywhere (norm weights of ones hide norm mistakes)."""
+    """Non-default weights everywhere (norm weights of ones hide norm mistakes); norm gains
+    stay around 1, since gains near 0 collapse a random model onto one repeated token."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * std)
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g) * std
+            gain = name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight", "norm.weight", "layernorm.weight"))
+            p.copy_(1 + noise if gain else noise)
     return model
 
 
@@ -90,3 +93,39 @@ def test_untied_llama_keeps_its_own_head():
     ours = from_hugging_face(llama())
     assert ours.lm_head.weight is not ours.tok_emb.weight
     assert not torch.equal(ours.lm_head.weight, ours.tok_emb.weight)
+
+
+@pytest.mark.parametrize("make", [gpt2, llama], ids=["gpt2", "llama-gqa-rope"])
+def test_greedy_generation_equals_hugging_face_generate(make):
+    from solutions.kv_cache import generate
+
+    hf = make(seed=3)
+    hf.generation_config.eos_token_id = None  # never stop early: compare every token
+    hf.generation_config.pad_token_id = 0
+    ours = from_hugging_face(hf).eval()
+    idx = torch.randint(0, hf.config.vocab_size, (2, 7), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        expected = hf.generate(idx, max_new_tokens=20, do_sample=False)
+    tokens = generate(ours, idx, 20, use_cache=True)
+    assert len(set(expected[:, 7:].flatten().tolist())) > 3, "degenerate test: the model repeats one token"
+    assert torch.equal(tokens, expected)
+    assert torch.equal(generate(ours, idx, 20, use_cache=False), expected)
+
+
+def test_cache_layout_matches_hugging_face_dynamic_cache():
+    """Our per-layer cache holds (b, n_kv_heads, seq, head_dim), as Hugging Face's DynamicCache
+    layers do, and after the prompt it holds the same keys (after RoPE) and values."""
+    from solutions.kv_cache import KVCache
+
+    hf = llama(seed=5)
+    ours = from_hugging_face(hf).eval()
+    idx = torch.randint(0, hf.config.vocab_size, (2, 6), generator=torch.Generator().manual_seed(6))
+    cache = KVCache(n_layers=3, batch_size=2, max_seq_len=10, n_kv_heads=2, head_dim=8)
+    with torch.no_grad():
+        past = hf(idx, use_cache=True).past_key_values
+        ours(idx, cache=cache)
+    for i in range(3):
+        hf_keys, hf_values = past.layers[i].keys, past.layers[i].values
+        assert hf_keys.shape == (2, 2, 6, 8) == cache.k[i, :, :, :6].shape
+        torch.testing.assert_close(cache.k[i, :, :, :6], hf_keys, atol=ATOL, rtol=RTOL)
+        torch.testing.assert_close(cache.v[i, :, :, :6], hf_values, atol=ATOL, rtol=RTOL)
