@@ -331,3 +331,96 @@ def sample(sub, logits, seed=None, **kwargs):
     if seed is not None:
         kwargs["generator"] = torch.Generator().manual_seed(seed)
     return sub.load("kv_cache.sample_next_token")(logits, **kwargs)
+
+
+# -- FlashAttention -------------------------------------------------------------------------
+def _proc_status_kib(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def _peak_bytes(fn):
+    """Peak resident memory added while ``fn`` runs. ru_maxrss would inherit the parent's
+    high-water mark (grading notes), so reset VmHWM through clear_refs and read it back."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    base = _proc_status_kib("VmRSS")
+    fn()
+    return (_proc_status_kib("VmHWM") - base) * 1024
+
+
+def flash_memory(sub, n, d, is_causal):
+    """Peak memory of the student's forward and of forward + backward at length n."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 1, n, d, generator=g) for _ in range(3))
+    forward = sub.load("flash_attention.flash_attention_forward")
+    apply = sub.load("flash_attention.FlashAttention").apply
+    grad = torch.randn(1, 1, n, d, generator=g)
+    # warm-up at a small size: the first forward and backward page in tens of MB of library
+    # code and start autograd's threads, which would otherwise count as the student's memory
+    small = [t[..., :128, :].clone().requires_grad_(True) for t in (q, k, v)]
+    forward(*small, is_causal)
+    apply(*small, is_causal).backward(grad[..., :128, :])
+    forward_peak = _peak_bytes(lambda: forward(q, k, v, is_causal))
+    leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+    out = apply(*leaves, is_causal)
+    backward_peak = _peak_bytes(lambda: out.backward(grad))
+    return {"forward": forward_peak, "backward": backward_peak}
+
+
+def flash_flops(sub, n, d, is_causal, block):
+    """Matmul FLOPs of the student's forward (FlopCounterMode counts mm/bmm/matmul)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, n, d, generator=g) for _ in range(3))
+    forward = sub.load("flash_attention.flash_attention_forward")
+    with FlopCounterMode(display=False) as counter:
+        forward(q, k, v, is_causal, block, block)
+    return counter.get_total_flops()
+
+
+def flash_saved(sub, q, k, v, is_causal):
+    """What the student's FlashAttention keeps for backward: saved tensors and tensor attributes."""
+    leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+    out = sub.load("flash_attention.FlashAttention").apply(*leaves, is_causal)
+    node = out.grad_fn
+    saved = [tuple(t.shape) for t in node.saved_tensors]
+    attributes = {name: tuple(value.shape) for name, value in vars(node).items() if isinstance(value, torch.Tensor)}
+    return {"saved": saved, "attributes": attributes}
+
+
+def triton_run(sub, q, k, v, is_causal=False):
+    """Run the student's triton_flash_attention; count kernel launches and forbid torch's
+    attention maths meanwhile, so a torch fallback computes nothing."""
+    module = sub.module("flash_attention_triton")
+    import triton.runtime.interpreter as interpreter
+    from triton.runtime.jit import JITFunction
+
+    launches = [0]
+    patched = []
+    for owner in (getattr(interpreter, "InterpretedFunction", None), JITFunction):
+        if owner is not None and hasattr(owner, "run"):
+            original = owner.run
+
+            def counting(self, *args, _original=original, **kwargs):
+                launches[0] += 1
+                return _original(self, *args, **kwargs)
+
+            owner.run = counting
+            patched.append((owner, original))
+    message = "triton_flash_attention computed attention with torch instead of in its Triton kernel"
+    try:
+        with contextlib.ExitStack() as stack:
+            for owner, name in [(torch, "matmul"), (torch, "bmm"), (torch, "einsum"), (torch, "softmax"),
+                                (torch.Tensor, "__matmul__"), (torch.Tensor, "softmax"),
+                                (torch.nn.functional, "scaled_dot_product_attention"), (torch.nn.functional, "softmax")]:
+                stack.enter_context(_forbid(owner, name, message))
+            out = module.triton_flash_attention(q, k, v, is_causal)
+    finally:
+        for owner, original in patched:
+            owner.run = original
+    return {"out": out, "launches": launches[0]}

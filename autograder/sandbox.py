@@ -87,8 +87,13 @@ class Worker:
             "MKL_NUM_THREADS": "1",
             "OPENBLAS_NUM_THREADS": "1",
         }
-        # OpenBLAS needs these on some processors to compute correctly; Triton's
-        # interpreter is how kernels run without a GPU.
+        # big allocations straight from mmap and back to the system when freed, so the
+        # peak-memory checks (VmHWM) see every large tensor
+        env["MALLOC_MMAP_THRESHOLD_"] = "65536"
+        # without a GPU, Triton kernels run in Triton's interpreter
+        if not torch.cuda.is_available():
+            env["TRITON_INTERPRET"] = "1"
+        # OpenBLAS needs these on some processors to compute correctly
         for name in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "TRITON_INTERPRET"):
             if name in os.environ:
                 env[name] = os.environ[name]

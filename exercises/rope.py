@@ -42,16 +42,7 @@ def apply_rope(x: torch.Tensor, positions: torch.Tensor, theta: float = 10000.0,
     Interleaved layout: for each pair (a, b) = (x[2i], x[2i+1]):
         (a cos - b sin,  b cos + a sin).
     Angles are computed in float32; the result has x's dtype.
-    Hint: ``rope_cos_sin`` gives the half-split cos/sin, ``rotate`` applies them.
+    Hint: ``rope_cos_sin`` gives the half-split cos/sin; for the interleaved layout take
+    the first half of the angles and ``repeat_interleave`` them.
     """
     raise NotImplementedError("apply_rope: write this part (see the docstring)")
-
-
-def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool = False) -> torch.Tensor:
-    """Apply precomputed half-split ``cos``/``sin`` (from ``rope_cos_sin``) to ``x``.
-
-    A helper so that attention computes cos/sin once for q and k. Works in float32 (float64
-    for float64 inputs) and returns x's dtype. For the interleaved layout the angle of pair i
-    is moved to dims 2i and 2i+1.
-    """
-    raise NotImplementedError("rotate: write this part (see the docstring)")

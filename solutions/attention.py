@@ -178,16 +178,16 @@ class MultiHeadAttention(nn.Module):
         v = self.v_proj(source).view(b, n_k, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (b, kv, n_k, hd)
 
         if self.rope_theta is not None and context is None:
-            from .rope import rope_cos_sin, rotate  # the RoPE exercise (lecture 03)
+            from .rope import apply_rope  # the RoPE exercise (lecture 03)
 
             if positions is None:
                 past = cache.seq_len if cache is not None else 0
                 positions = torch.arange(past, past + n_q, device=x.device)  # (n_q,)
             if positions.dim() == 2:
                 positions = positions[:, None, :]  # (b, 1, n_q): broadcast over heads
-            cos, sin = rope_cos_sin(self.head_dim, positions.to(x.device), self.rope_theta)  # once for q and k
-            q = rotate(q, cos, sin)
-            k = rotate(k, cos, sin)
+            # q and k share positions: rotate them in one call, so cos/sin are computed once
+            qk = apply_rope(torch.cat([q, k], dim=1), positions, self.rope_theta)  # (b, h + kv, n_q, hd)
+            q, k = qk.split([self.n_heads, self.n_kv_heads], dim=1)
 
         if cache is not None:
             k, v = cache.update(k, v)  # (b, kv, n_past + n_k, hd)

@@ -48,28 +48,17 @@ def apply_rope(x: torch.Tensor, positions: torch.Tensor, theta: float = 10000.0,
     Interleaved layout: for each pair (a, b) = (x[2i], x[2i+1]):
         (a cos - b sin,  b cos + a sin).
     Angles are computed in float32; the result has x's dtype.
-    Hint: ``rope_cos_sin`` gives the half-split cos/sin, ``rotate`` applies them.
+    Hint: ``rope_cos_sin`` gives the half-split cos/sin; for the interleaved layout take
+    the first half of the angles and ``repeat_interleave`` them.
     """
     ### BEGIN SOLUTION
     head_dim = x.shape[-1]
     if head_dim % 2:
         raise ValueError(f"RoPE needs an even head_dim, got {head_dim} (x has shape {tuple(x.shape)})")
     cos, sin = rope_cos_sin(head_dim, positions.to(x.device), theta)  # (..., s, d) float32
-    return rotate(x, cos, sin, interleaved)
-    ### END SOLUTION
-
-
-def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool = False) -> torch.Tensor:
-    """Apply precomputed half-split ``cos``/``sin`` (from ``rope_cos_sin``) to ``x``.
-
-    A helper so that attention computes cos/sin once for q and k. Works in float32 (float64
-    for float64 inputs) and returns x's dtype. For the interleaved layout the angle of pair i
-    is moved to dims 2i and 2i+1.
-    """
-    ### BEGIN SOLUTION
     work = x if x.dtype == torch.float64 else x.float()
     cos, sin = cos.to(work.dtype), sin.to(work.dtype)
-    half = x.shape[-1] // 2
+    half = head_dim // 2
     if interleaved:
         cos = cos[..., :half].repeat_interleave(2, dim=-1)  # angle of pair i at 2i and 2i+1
         sin = sin[..., :half].repeat_interleave(2, dim=-1)

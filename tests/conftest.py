@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import tempfile
 import sys
 from pathlib import Path
 
@@ -15,7 +16,7 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 def run_grader(submission, *args, timeout=600):
     """``python -m autograder grade`` in a fresh process; returns (completed process, report)."""
-    out = Path(submission).parent / f"{Path(submission).name}-report.json"
+    out = Path(tempfile.mkdtemp(prefix="course-report-")) / "report.json"  # never inside the repository
     proc = subprocess.run([sys.executable, "-m", "autograder", "grade", "--submission", str(submission),
                            "--json", str(out), *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout)

@@ -39,6 +39,7 @@ VARIANTS = {  # variant folder -> the exercises it implements differently
     "loops": ["attention"],
     "complex": ["rope", "positional"],
     "blocks": ["layers", "decoder_block", "gpt"],
+    "flash_key_outer": ["flash_attention"],
 }
 
 

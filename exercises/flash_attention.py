@@ -1,0 +1,78 @@
+# Exercise file: replace each `raise NotImplementedError` with your code.
+# Check your work: `pytest exercises/checks` (public) and `python3 course.py grade`.
+"""Exercise: FlashAttention-2 in PyTorch, forward and backward (lecture 06).
+
+Attention without the n_q x n_k score matrix: queries are processed in blocks of
+``block_q`` rows, keys and values in blocks of ``block_k``; an online softmax keeps, per
+query row, the running maximum m, the running sum l and the unnormalised output O:
+
+    S = Q_i K_j^T * scale
+    m_new = max(m, rowmax(S))
+    P = exp(S - m_new)
+    l = exp(m - m_new) * l + rowsum(P)
+    O = diag(exp(m - m_new)) O + P V_j          (rescale what was summed so far)
+    at the end:  O = O / l,   lse = m + log(l)
+
+The backward pass saves only q, k, v, O and lse and recomputes each tile:
+P = exp(S - lse), dV_j += P^T dO_i, dP = dO_i V_j^T, dS = P * (dP - D_i) with
+D = rowsum(dO * O), dQ_i += dS K_j * scale, dK_j += dS^T Q_i * scale.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def _accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _key_blocks(i0: int, i1: int, n_q: int, n_k: int, block_k: int, is_causal: bool):
+    """Start of every key block query rows [i0, i1) must visit; with is_causal the blocks
+    entirely after the last query's position are skipped."""
+    end = n_k
+    if is_causal:
+        end = max(0, min(n_k, n_k - n_q + i1))  # last query (row i1 - 1) sits at n_k - n_q + i1 - 1
+    return range(0, end, block_k)
+
+
+def _causal_tile_mask(i0, i1, j0, j1, n_q, n_k, device):
+    """(i1 - i0, j1 - j0) bool, True where the key is at or before the query's position."""
+    query_pos = torch.arange(i0, i1, device=device)[:, None] + (n_k - n_q)
+    key_pos = torch.arange(j0, j1, device=device)[None, :]
+    return key_pos <= query_pos
+
+
+def flash_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal: bool = False,
+                            block_q: int = 64, block_k: int = 64):
+    """Tiled attention with an online softmax; never holds an n_q x n_k matrix.
+
+    q: (..., n_q, d), k: (..., n_k, d), v: (..., n_k, d_v); scale 1/sqrt(d).
+    is_causal: query i sits at position n_k - n_q + i and sees keys at positions <= its own;
+        key blocks entirely in the future are skipped, not just masked.
+    Returns (o, lse): o (..., n_q, d_v) in q's dtype; lse (..., n_q) the row-wise logsumexp
+    of the scaled scores, float32 (float64 for float64 inputs). A row with no allowed key
+    gives o = 0 and lse = -inf.
+    Hint: accumulate in float32 (float64 for float64 inputs); handle m = -inf without NaN.
+    """
+    raise NotImplementedError("flash_attention_forward: write this part (see the docstring)")
+
+
+class FlashAttention(torch.autograd.Function):
+    """``FlashAttention.apply(q, k, v, is_causal=False)``: the tiled forward, and a backward
+    that recomputes each tile (FlashAttention-2). ``ctx`` saves only q, k, v, o and lse."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, is_causal=False):
+        raise NotImplementedError("FlashAttention.forward: write this part (see the docstring)")
+
+    @staticmethod
+    def backward(ctx, grad_o):
+        """Returns (dq, dk, dv, None). Tiles of 64 x 64, recomputed from q, k and lse."""
+        raise NotImplementedError("FlashAttention.backward: write this part (see the docstring)")
+
+
+def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal: bool = False) -> torch.Tensor:
+    """Differentiable FlashAttention: ``FlashAttention.apply(q, k, v, is_causal)``."""
+    raise NotImplementedError("flash_attention: write this part (see the docstring)")

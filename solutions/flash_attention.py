@@ -1,0 +1,143 @@
+"""Exercise: FlashAttention-2 in PyTorch, forward and backward (lecture 06).
+
+Attention without the n_q x n_k score matrix: queries are processed in blocks of
+``block_q`` rows, keys and values in blocks of ``block_k``; an online softmax keeps, per
+query row, the running maximum m, the running sum l and the unnormalised output O:
+
+    S = Q_i K_j^T * scale
+    m_new = max(m, rowmax(S))
+    P = exp(S - m_new)
+    l = exp(m - m_new) * l + rowsum(P)
+    O = diag(exp(m - m_new)) O + P V_j          (rescale what was summed so far)
+    at the end:  O = O / l,   lse = m + log(l)
+
+The backward pass saves only q, k, v, O and lse and recomputes each tile:
+P = exp(S - lse), dV_j += P^T dO_i, dP = dO_i V_j^T, dS = P * (dP - D_i) with
+D = rowsum(dO * O), dQ_i += dS K_j * scale, dK_j += dS^T Q_i * scale.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def _accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _key_blocks(i0: int, i1: int, n_q: int, n_k: int, block_k: int, is_causal: bool):
+    """Start of every key block query rows [i0, i1) must visit; with is_causal the blocks
+    entirely after the last query's position are skipped."""
+    end = n_k
+    if is_causal:
+        end = max(0, min(n_k, n_k - n_q + i1))  # last query (row i1 - 1) sits at n_k - n_q + i1 - 1
+    return range(0, end, block_k)
+
+
+def _causal_tile_mask(i0, i1, j0, j1, n_q, n_k, device):
+    """(i1 - i0, j1 - j0) bool, True where the key is at or before the query's position."""
+    query_pos = torch.arange(i0, i1, device=device)[:, None] + (n_k - n_q)
+    key_pos = torch.arange(j0, j1, device=device)[None, :]
+    return key_pos <= query_pos
+
+
+def flash_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal: bool = False,
+                            block_q: int = 64, block_k: int = 64):
+    """Tiled attention with an online softmax; never holds an n_q x n_k matrix.
+
+    q: (..., n_q, d), k: (..., n_k, d), v: (..., n_k, d_v); scale 1/sqrt(d).
+    is_causal: query i sits at position n_k - n_q + i and sees keys at positions <= its own;
+        key blocks entirely in the future are skipped, not just masked.
+    Returns (o, lse): o (..., n_q, d_v) in q's dtype; lse (..., n_q) the row-wise logsumexp
+    of the scaled scores, float32 (float64 for float64 inputs). A row with no allowed key
+    gives o = 0 and lse = -inf.
+    Hint: accumulate in float32 (float64 for float64 inputs); handle m = -inf without NaN.
+    """
+    ### BEGIN SOLUTION
+    *batch, n_q, d = q.shape
+    n_k, d_v = k.shape[-2], v.shape[-1]
+    acc_dtype = _accumulator_dtype(q.dtype)
+    scale = 1.0 / math.sqrt(d)
+    q3 = q.reshape(-1, n_q, d).to(acc_dtype)  # (B, n_q, d)
+    k3 = k.reshape(-1, n_k, d).to(acc_dtype)  # (B, n_k, d)
+    v3 = v.reshape(-1, n_k, d_v).to(acc_dtype)  # (B, n_k, d_v)
+    o = torch.zeros(q3.shape[0], n_q, d_v, dtype=acc_dtype, device=q.device)
+    lse = torch.full((q3.shape[0], n_q), float("-inf"), dtype=acc_dtype, device=q.device)
+    for i0 in range(0, n_q, block_q):
+        i1 = min(i0 + block_q, n_q)
+        q_i = q3[:, i0:i1] * scale  # (B, bq, d)
+        m = torch.full((q3.shape[0], i1 - i0), float("-inf"), dtype=acc_dtype, device=q.device)
+        l = torch.zeros_like(m)
+        acc = torch.zeros(q3.shape[0], i1 - i0, d_v, dtype=acc_dtype, device=q.device)
+        for j0 in _key_blocks(i0, i1, n_q, n_k, block_k, is_causal):
+            j1 = min(j0 + block_k, n_k)
+            s = q_i @ k3[:, j0:j1].transpose(1, 2)  # (B, bq, bk): one tile of scores
+            if is_causal and j1 - 1 > n_k - n_q + i0:  # the tile reaches past some query
+                s = s.masked_fill(~_causal_tile_mask(i0, i1, j0, j1, n_q, n_k, q.device), float("-inf"))
+            m_new = torch.maximum(m, s.amax(dim=-1))
+            shift = m_new.clamp_min(torch.finfo(acc_dtype).min)  # -inf rows: keep exp() at 0, not NaN
+            p = torch.exp(s - shift[..., None])  # (B, bq, bk)
+            alpha = torch.exp(m - shift)  # rescales what was summed under the old maximum
+            l = alpha * l + p.sum(dim=-1)
+            acc = alpha[..., None] * acc + p @ v3[:, j0:j1]
+            m = m_new
+        o[:, i0:i1] = acc / l.clamp_min(torch.finfo(acc_dtype).tiny)[..., None]  # l = 0: o stays 0
+        lse[:, i0:i1] = m + torch.log(l)  # l = 0 gives -inf
+    o = o.reshape(*batch, n_q, d_v).to(q.dtype)
+    return o, lse.reshape(*batch, n_q)
+    ### END SOLUTION
+
+
+class FlashAttention(torch.autograd.Function):
+    """``FlashAttention.apply(q, k, v, is_causal=False)``: the tiled forward, and a backward
+    that recomputes each tile (FlashAttention-2). ``ctx`` saves only q, k, v, o and lse."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, is_causal=False):
+        ### BEGIN SOLUTION
+        o, lse = flash_attention_forward(q, k, v, is_causal)
+        ctx.save_for_backward(q, k, v, o, lse)
+        ctx.is_causal = is_causal
+        return o
+        ### END SOLUTION
+
+    @staticmethod
+    def backward(ctx, grad_o):
+        """Returns (dq, dk, dv, None). Tiles of 64 x 64, recomputed from q, k and lse."""
+        ### BEGIN SOLUTION
+        q, k, v, o, lse = ctx.saved_tensors
+        is_causal, block_q, block_k = ctx.is_causal, 64, 64
+        *batch, n_q, d = q.shape
+        n_k, d_v = k.shape[-2], v.shape[-1]
+        acc_dtype = _accumulator_dtype(q.dtype)
+        scale = 1.0 / math.sqrt(d)
+        q3, k3, v3 = (t.reshape(-1, t.shape[-2], t.shape[-1]).to(acc_dtype) for t in (q, k, v))
+        do3 = grad_o.reshape(-1, n_q, d_v).to(acc_dtype)
+        lse3 = lse.reshape(-1, n_q).to(acc_dtype)
+        delta = (do3 * o.reshape(-1, n_q, d_v).to(acc_dtype)).sum(dim=-1)  # D = rowsum(dO * O), (B, n_q)
+        dq, dk, dv = torch.zeros_like(q3), torch.zeros_like(k3), torch.zeros_like(v3)
+        for i0 in range(0, n_q, block_q):
+            i1 = min(i0 + block_q, n_q)
+            lse_i = lse3[:, i0:i1, None]  # (B, bq, 1)
+            for j0 in _key_blocks(i0, i1, n_q, n_k, block_k, is_causal):
+                j1 = min(j0 + block_k, n_k)
+                s = (q3[:, i0:i1] @ k3[:, j0:j1].transpose(1, 2)) * scale  # (B, bq, bk)
+                p = torch.exp(s - lse_i.clamp_min(torch.finfo(acc_dtype).min))  # lse=-inf rows -> 0
+                if is_causal and j1 - 1 > n_k - n_q + i0:
+                    p = p.masked_fill(~_causal_tile_mask(i0, i1, j0, j1, n_q, n_k, q.device), 0.0)
+                dv[:, j0:j1] += p.transpose(1, 2) @ do3[:, i0:i1]
+                dp = do3[:, i0:i1] @ v3[:, j0:j1].transpose(1, 2)  # (B, bq, bk)
+                ds = p * (dp - delta[:, i0:i1, None])
+                dq[:, i0:i1] += (ds @ k3[:, j0:j1]) * scale
+                dk[:, j0:j1] += (ds.transpose(1, 2) @ q3[:, i0:i1]) * scale
+        return (dq.reshape(q.shape).to(q.dtype), dk.reshape(k.shape).to(k.dtype),
+                dv.reshape(v.shape).to(v.dtype), None)
+        ### END SOLUTION
+
+
+def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal: bool = False) -> torch.Tensor:
+    """Differentiable FlashAttention: ``FlashAttention.apply(q, k, v, is_causal)``."""
+    ### BEGIN SOLUTION
+    return FlashAttention.apply(q, k, v, is_causal)
+    ### END SOLUTION
