@@ -4,6 +4,9 @@
 - generation: tokens/s of the reference ``generate`` with and without the KV cache
   (goal >= 10x at 512 new tokens), against Hugging Face ``generate`` on the same weights
   (goal >= 1.0x), and the cache's bytes against ``kv_cache_bytes``.
+- flash: forward time and peak memory of naive attention, the reference FlashAttention
+  and torch SDPA at growing lengths (the reference is a teaching implementation in Python
+  loops: it wins on memory, not on CPU speed).
 Times are the best of three runs (one for the slow uncached generation): another process
 on the same two cores can otherwise halve a measurement.
 """
@@ -88,3 +91,41 @@ def bench_generation(console: Console, new_tokens: int = 512, prompt_tokens: int
     console.print(f"  cache memory (float16): buffers {held:,} bytes, kv_cache_bytes {formula:,} "
                   f"({held / formula:.2f}x); with all {block.n_heads} heads cached (MHA) it would be "
                   f"{kv_cache_bytes(ours.config.n_layers, block.n_heads, block.d_model // block.n_heads, prompt_tokens + new_tokens):,}")
+
+
+def bench_flash(console: Console, lengths=(1024, 2048, 4096), d: int = 64) -> None:
+    """Forward time and peak memory: naive attention, the reference FlashAttention, torch SDPA."""
+    import torch.nn.functional as F
+
+    from solutions.flash_attention import flash_attention_forward
+
+    from .adapters import _peak_bytes
+
+    def naive(q, k, v):
+        scores = q @ k.transpose(-1, -2) / d ** 0.5  # the n x n matrix FlashAttention avoids
+        return torch.softmax(scores, dim=-1) @ v
+
+    try:  # large blocks straight from mmap, so freed tensors leave RSS and peaks are visible
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(-3, 65536)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        console.print("  (could not set malloc's mmap threshold: memory figures may read low)")
+    implementations = {"naive": naive,
+                       "reference flash": lambda q, k, v: flash_attention_forward(q, k, v)[0],
+                       "torch SDPA": F.scaled_dot_product_attention}
+    console.print(f"flash attention forward, float32, d={d}, one head, {torch.get_num_threads()} threads "
+                  f"(time: best of 3; memory: peak resident growth)")
+    for n in lengths:
+        g = torch.Generator().manual_seed(n)
+        q, k, v = (torch.randn(1, 1, n, d, generator=g) for _ in range(3))
+        row = {}
+        for name, fn in implementations.items():
+            fn(q[..., :128, :], k[..., :128, :], v[..., :128, :])  # warm-up
+            _, seconds = _timed(lambda: fn(q, k, v), repeats=3)
+            row[name] = (seconds, _peak_bytes(lambda: fn(q, k, v)))
+        naive_s, naive_b = row["naive"]
+        console.print(f"  n={n:5d}: " + "; ".join(
+            f"{name} {s * 1e3:7.1f} ms {b / 2**20:6.1f} MiB" for name, (s, b) in row.items())
+            + f"; flash/naive time {row['reference flash'][0] / naive_s:4.1f}x, "
+              f"memory {row['reference flash'][1] / max(naive_b, 1):.3f}x")

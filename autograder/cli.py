@@ -54,6 +54,8 @@ def _bench(args) -> int:
         bench.bench_grading(console, args.submission, args.exercise)
     if args.only in (None, "generation"):
         bench.bench_generation(console, new_tokens=args.new_tokens)
+    if args.only in (None, "flash"):
+        bench.bench_flash(console, lengths=args.flash_lengths)
     return 0
 
 
@@ -80,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("bench", help="time the hidden suites and the reference generation")
     p.add_argument("--submission", default=str(ROOT / "solutions"))
     p.add_argument("--exercise", action="append", metavar="NAME")
-    p.add_argument("--only", choices=["grading", "generation"], help="run one benchmark")
+    p.add_argument("--only", choices=["grading", "generation", "flash"], help="run one benchmark")
+    p.add_argument("--flash-lengths", type=int, nargs="+", default=[1024, 2048, 4096],
+                   help="sequence lengths for the flash benchmark")
     p.add_argument("--new-tokens", type=int, default=512, help="tokens to generate (default 512)")
     p.set_defaults(run=_bench)
 

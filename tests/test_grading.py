@@ -123,8 +123,10 @@ def test_json_report_has_stable_keys(solutions_report):
 
 
 def test_bench_prints_its_ratios():
-    proc = _cli("bench", "--new-tokens", "24")  # a short generation: this checks the command, not speed
+    # short runs: this checks the command and its output, not the speed
+    proc = _cli("bench", "--new-tokens", "24", "--flash-lengths", "256")
     assert proc.returncode == 0, proc.stderr
     for line in ("full hidden suite for", "goal <= 60 s", "cache speed-up", "reference / Hugging Face",
-                 "same tokens: cache vs no cache True, reference vs Hugging Face True", "kv_cache_bytes"):
+                 "same tokens: cache vs no cache True, reference vs Hugging Face True", "kv_cache_bytes",
+                 "n= 256: naive", "flash/naive time"):
         assert line in " ".join(proc.stdout.split()), line
