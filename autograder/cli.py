@@ -18,7 +18,13 @@ def _grade(args) -> int:
         print(f"error: the submission folder {submission} does not exist", file=sys.stderr)
         return 2
     try:
-        report = grade(submission, args.exercise, timeout=args.timeout, memory_gib=args.memory_gib)
+        if available_exercises():
+            report = grade(submission, args.exercise, timeout=args.timeout, memory_gib=args.memory_gib)
+        else:  # the student release ships no hidden suites: grade the public checks
+            from .runner import grade_public
+
+            print("no hidden suites here (student release): grading the public checks", file=sys.stderr)
+            report = grade_public(submission)
     except ValueError as exc:  # an unknown exercise name
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -43,6 +49,48 @@ def _skeletons(args) -> int:
         return 0
     written = skeleton.write()
     print("wrote " + (", ".join(f"exercises/{n}" for n in written) if written else "nothing (in sync)"))
+    return 0
+
+
+def _grade_class(args) -> int:
+    from .classroom import grade_class
+
+    if not Path(args.submissions).is_dir():
+        print(f"error: {args.submissions} is not a folder", file=sys.stderr)
+        return 2
+    extra = [arg for name in (args.exercise or []) for arg in ("--exercise", name)]
+    rows = grade_class(Path(args.submissions), Path(args.out), jobs=args.jobs, force=args.force, extra_args=extra)
+    graded = sum(1 for r in rows if "score" in r)
+    print(f"{graded} of {len(rows)} students graded; scores in {args.out}, reports in "
+          f"{Path(args.out).resolve().parent / 'reports'}")
+    return 0
+
+
+def _classroom_score(args) -> int:
+    from .classroom import classroom_score
+
+    return classroom_score(Path(args.report))
+
+
+def _gradescope(args) -> int:
+    from .gradescope import build
+
+    print(f"wrote {build(Path(args.out))}: upload it as the Gradescope autograder (setup.sh, run_autograder)")
+    return 0
+
+
+def _release(args) -> int:
+    from . import release
+
+    try:
+        problems = release.build(Path(args.out))
+    except FileExistsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if problems:
+        print("LEAK CHECK FAILED: the release must not contain these:\n  " + "\n  ".join(problems))
+        return 1
+    print(f"wrote the student release to {args.out}; leak check passed (no solution code, no hidden tests)")
     return 0
 
 
@@ -78,6 +126,26 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("skeletons", help="regenerate exercises/ from solutions/")
     p.add_argument("--check", action="store_true", help="only check; exit 1 if they drifted")
     p.set_defaults(run=_skeletons)
+
+    p = sub.add_parser("grade-class", help="grade every student folder of a class")
+    p.add_argument("submissions", help="a folder with one sub-folder per student")
+    p.add_argument("--out", default="grades.csv", help="the CSV of scores (reports/ goes beside it)")
+    p.add_argument("--jobs", type=int, default=1, help="students graded at once (default 1)")
+    p.add_argument("--force", action="store_true", help="re-grade students whose files did not change")
+    p.add_argument("--exercise", action="append", metavar="NAME", help="grade only these exercises")
+    p.set_defaults(run=_grade_class)
+
+    p = sub.add_parser("classroom-score", help="print a report's score for GitHub Classroom")
+    p.add_argument("report", help="a JSON report from `grade --json`")
+    p.set_defaults(run=_classroom_score)
+
+    p = sub.add_parser("gradescope", help="build the Gradescope autograder zip")
+    p.add_argument("out", help="the zip to write, e.g. autograder.zip")
+    p.set_defaults(run=_gradescope)
+
+    p = sub.add_parser("release", help="build the student release (with a leak check)")
+    p.add_argument("out", help="a new folder to write the release into")
+    p.set_defaults(run=_release)
 
     p = sub.add_parser("bench", help="time the hidden suites and the reference generation")
     p.add_argument("--submission", default=str(ROOT / "solutions"))

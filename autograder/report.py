@@ -21,6 +21,7 @@ class TestResult:
     points: float = 0.0
     message: str = ""
     duration: float = 0.0
+    visibility: str = "visible"  # Gradescope: visible | hidden | after_due_date | after_published
 
 
 @dataclass
@@ -114,7 +115,7 @@ class Report:
                 "status": "passed" if r.status == "passed" else "failed",
                 "output": output,
                 "tags": [r.exercise],
-                "visibility": "visible",
+                "visibility": r.visibility,
             })
         return {
             "score": self.score,

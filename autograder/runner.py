@@ -37,14 +37,17 @@ class GradingPlugin:
 
     def pytest_configure(self, config):
         config.addinivalue_line("markers", "points(n): points a passing test earns")
+        config.addinivalue_line("markers", "visibility(v): Gradescope visibility (default visible)")
 
     def pytest_collection_modifyitems(self, items):
         for item in items:
             marker = item.get_closest_marker("points")
             doc = (getattr(item, "function", None).__doc__ or item.name).strip().splitlines()[0]
+            visibility = item.get_closest_marker("visibility")
             self.results[item.nodeid] = TestResult(
                 exercise=Path(item.fspath).stem[len("test_"):], name=item.name.removeprefix("test_"), description=doc,
-                max_points=float(marker.args[0]) if marker else 0.0, status="not run")
+                max_points=float(marker.args[0]) if marker else 0.0, status="not run",
+                visibility=visibility.args[0] if visibility else "visible")
 
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_makereport(self, item, call):
@@ -99,3 +102,46 @@ def grade(submission: str | Path, exercises: list[str] | None = None, *,
         restarts = worker.restarts
     return Report(submission=str(submission), results=list(plugin.results.values()),
                   duration=time.monotonic() - started, worker_restarts=restarts)
+
+
+def grade_public(submission: str | Path, timeout: float = 600.0) -> Report:
+    """Grade the public checks (exercises/checks), for the student release, which ships no
+    hidden suites. They run in a separate pytest process (a crash or an exit in student code
+    ends that process, not the grader), one point per check, read back from JUnit XML."""
+    import os
+    import subprocess
+    import tempfile
+    import xml.etree.ElementTree as ElementTree
+
+    submission = Path(submission).resolve()
+    checks = ROOT / "exercises" / "checks"
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory() as tmp:
+        junit = Path(tmp) / "junit.xml"
+        env = dict(os.environ, COURSE_IMPL=submission.name,
+                   PYTHONPATH=os.pathsep.join([str(submission.parent), str(ROOT)]))
+        try:
+            subprocess.run([sys.executable, "-m", "pytest", str(checks), "-q", "-p", "no:cacheprovider",
+                            f"--junitxml={junit}", f"--rootdir={checks}", "-c", os.devnull],
+                           env=env, cwd=tmp, capture_output=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pass  # whatever finished is in the XML; the rest is reported as not run
+        results = []
+        if junit.exists():
+            for case in ElementTree.parse(junit).getroot().iter("testcase"):
+                exercise = case.get("classname", "").rsplit(".", 1)[-1].removeprefix("test_")
+                failure = case.find("failure")  # Elements without children are falsy: no `or`
+                if failure is None:
+                    failure = case.find("error")
+                skipped = case.find("skipped")
+                message = "" if failure is None else (failure.get("message") or "failed").splitlines()[0][:500]
+                status = "passed" if failure is None and skipped is None else ("skipped" if skipped is not None else "failed")
+                results.append(TestResult(exercise=exercise, name=case.get("name", ""),
+                                          description="public check", max_points=1.0,
+                                          points=1.0 if status == "passed" else 0.0, status=status,
+                                          message=message, duration=float(case.get("time", 0))))
+    if not results:
+        results.append(TestResult(exercise="public checks", name="run", description="the public checks ran",
+                                  max_points=1.0, status="error",
+                                  message=f"the public checks did not run (timeout {timeout:.0f} s or a crash)"))
+    return Report(submission=str(submission), results=results, duration=time.monotonic() - started)

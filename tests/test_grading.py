@@ -119,7 +119,7 @@ def test_json_report_has_stable_keys(solutions_report):
                            "worker_restarts", "exercises"}
     test = report["exercises"][0]["tests"][0]
     assert set(test) == {"exercise", "name", "description", "max_points", "status", "points",
-                         "message", "duration"}
+                         "message", "duration", "visibility"}
 
 
 def test_bench_prints_its_ratios():
