@@ -129,3 +129,30 @@ def bench_flash(console: Console, lengths=(1024, 2048, 4096), d: int = 64) -> No
             f"{name} {s * 1e3:7.1f} ms {b / 2**20:6.1f} MiB" for name, (s, b) in row.items())
             + f"; flash/naive time {row['reference flash'][0] / naive_s:4.1f}x, "
               f"memory {row['reference flash'][1] / max(naive_b, 1):.3f}x")
+
+
+def bench_class(console: Console, students: int = 50, jobs: int = 2) -> None:
+    """Grade a class of ``students`` submissions (reference, skeleton and broken copies in
+    turn) with ``grade-class``; goal: at most 10 minutes for 50 on this machine."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from .classroom import grade_class
+
+    root = Path(__file__).resolve().parent.parent
+    with tempfile.TemporaryDirectory() as tmp:
+        subs = Path(tmp) / "submissions"
+        for i in range(students):
+            folder = subs / f"student{i:03d}"
+            kind = ("solutions", "exercises", "solutions")[i % 3]
+            shutil.copytree(root / kind, folder, ignore=shutil.ignore_patterns("__pycache__", "checks"))
+            if i % 3 == 2:  # a mistake somewhere: no 1/sqrt(d_k)
+                attention = folder / "attention.py"
+                attention.write_text(attention.read_text().replace("scale = 1.0 / math.sqrt(d_k)", "scale = 1.0"))
+        started = time.monotonic()
+        rows = grade_class(subs, Path(tmp) / "grades.csv", jobs=jobs, console=console)
+        elapsed = time.monotonic() - started
+    graded = sum(1 for r in rows if "score" in r)
+    console.print(f"class of {students}: {graded} graded in {elapsed:.0f} s with --jobs {jobs} "
+                  f"({elapsed / students:.1f} s per student; goal <= 600 s: {elapsed / 600:.2f}x of the budget)")

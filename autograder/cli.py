@@ -79,6 +79,23 @@ def _gradescope(args) -> int:
     return 0
 
 
+def _nbgrader_setup(args) -> int:
+    from .nbgrader_bridge import setup_course
+
+    names = setup_course(Path(args.course_dir))
+    print(f"nbgrader course in {args.course_dir}: assignments {', '.join(names)}; "
+          f"next: cd {args.course_dir} && nbgrader generate_assignment {names[0]}")
+    return 0
+
+
+def _nbgrader_import(args) -> int:
+    from .nbgrader_bridge import import_exercise_scores
+
+    count = import_exercise_scores(Path(args.reports), args.db, args.assignment)
+    print(f"imported the exercise scores of {count} students into {args.db} (assignment {args.assignment!r})")
+    return 0
+
+
 def _release(args) -> int:
     from . import release
 
@@ -104,6 +121,8 @@ def _bench(args) -> int:
         bench.bench_generation(console, new_tokens=args.new_tokens)
     if args.only in (None, "flash"):
         bench.bench_flash(console, lengths=args.flash_lengths)
+    if args.only == "class":  # minutes: run on its own
+        bench.bench_class(console, students=args.students, jobs=args.jobs)
     return 0
 
 
@@ -143,6 +162,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out", help="the zip to write, e.g. autograder.zip")
     p.set_defaults(run=_gradescope)
 
+    p = sub.add_parser("nbgrader-setup", help="an nbgrader course directory with the lecture quizzes")
+    p.add_argument("course_dir")
+    p.set_defaults(run=_nbgrader_setup)
+
+    p = sub.add_parser("nbgrader-import", help="put grade-class reports into an nbgrader gradebook")
+    p.add_argument("reports", help="the reports/ folder written by grade-class")
+    p.add_argument("--db", required=True, help="the gradebook, e.g. sqlite:///course/gradebook.db")
+    p.add_argument("--assignment", default="exercises", help="assignment name in the gradebook")
+    p.set_defaults(run=_nbgrader_import)
+
     p = sub.add_parser("release", help="build the student release (with a leak check)")
     p.add_argument("out", help="a new folder to write the release into")
     p.set_defaults(run=_release)
@@ -150,7 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("bench", help="time the hidden suites and the reference generation")
     p.add_argument("--submission", default=str(ROOT / "solutions"))
     p.add_argument("--exercise", action="append", metavar="NAME")
-    p.add_argument("--only", choices=["grading", "generation", "flash"], help="run one benchmark")
+    p.add_argument("--only", choices=["grading", "generation", "flash", "class"],
+                   help="run one benchmark (class, which takes minutes, runs only when named)")
+    p.add_argument("--students", type=int, default=50, help="class size for --only class")
+    p.add_argument("--jobs", type=int, default=2, help="parallel graders for --only class")
     p.add_argument("--flash-lengths", type=int, nargs="+", default=[1024, 2048, 4096],
                    help="sequence lengths for the flash benchmark")
     p.add_argument("--new-tokens", type=int, default=512, help="tokens to generate (default 512)")
