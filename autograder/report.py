@@ -31,6 +31,7 @@ class Report:
     duration: float
     worker_restarts: int = 0
     exercises: list[str] = field(default_factory=list)
+    isolation: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if not self.exercises:
@@ -94,6 +95,7 @@ class Report:
             "max_score": self.max_score,
             "duration_s": round(self.duration, 3),
             "worker_restarts": self.worker_restarts,
+            "isolation": self.isolation,
             "exercises": [
                 {"name": ex,
                  "score": sum(r.points for r in self.exercise_results(ex)),

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from .report import Report, TestResult
-from .sandbox import SubmissionError, Worker
+from .sandbox import SubmissionError, Worker, isolation_summary
 
 ROOT = Path(__file__).resolve().parent.parent
 SUITES = Path(__file__).resolve().parent / "suites"
@@ -101,7 +101,8 @@ def grade(submission: str | Path, exercises: list[str] | None = None, *,
                                + output.getvalue()[-3000:])
         restarts = worker.restarts
     return Report(submission=str(submission), results=list(plugin.results.values()),
-                  duration=time.monotonic() - started, worker_restarts=restarts)
+                  duration=time.monotonic() - started, worker_restarts=restarts,
+                  isolation=isolation_summary(int(memory_gib * (1 << 30))))
 
 
 def grade_public(submission: str | Path, timeout: float = 600.0) -> Report:

@@ -36,6 +36,50 @@ class SubmissionError(Exception):
         self.kind = kind  # not-implemented | missing | exception | timeout | crash | memory | bad-reply
 
 
+CLONE_NEWNET = 0x40000000
+_NETWORK_PROBE: list[bool] = []
+
+
+def _unshare_network() -> bool:
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None, use_errno=True).unshare(CLONE_NEWNET) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def network_namespace_available() -> bool:
+    """Whether this system lets the worker start in its own network namespace (root, or
+    unprivileged user namespaces), probed once in a throwaway child process."""
+    if not _NETWORK_PROBE:
+        if not sys.platform.startswith("linux"):
+            _NETWORK_PROBE.append(False)
+        else:
+            pid = os.fork()
+            if pid == 0:  # the probe: never returns into the grader's code
+                os._exit(0 if _unshare_network() else 1)
+            _, status = os.waitpid(pid, 0)
+            _NETWORK_PROBE.append(os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0)
+    return _NETWORK_PROBE[0]
+
+
+def isolation_summary(memory_bytes: int) -> dict:
+    """What protects the grade on this system, and what is unavailable here (reported)."""
+    root = os.geteuid() == 0
+    return {
+        "separate process": "student code runs only in the worker; replies load with weights_only=True",
+        "resource limits": f"address space {memory_bytes / GiB:.1f} GiB, CPU time, file size, no core dumps; "
+                           f"per-call timeouts; the whole process group is killed",
+        "network": ("own empty network namespace" if network_namespace_available()
+                    else "unavailable on this system: the worker shares the grader's network"),
+        "files": ("worker runs from a private temporary folder with a copy of the submission; "
+                  + ("it runs as root here: dropping to an unprivileged user is not implemented yet, "
+                     "so course files are readable by path" if root else
+                     "it runs as the grader's own user: files that user can read are readable by path")),
+    }
+
+
 class Worker:
     def __init__(self, submission: str | os.PathLike, *, timeout: float = 20.0,
                  startup_timeout: float = 120.0, memory_bytes: int = 6 * GiB,
@@ -65,6 +109,8 @@ class Worker:
     def _limits(self):
         # runs in the child between fork and exec; a limit the system refuses (macOS has no
         # working RLIMIT_AS) is skipped rather than stopping the grader
+        if network_namespace_available():
+            _unshare_network()  # an empty network namespace: no interface but a down loopback
         for limit, value in [(resource.RLIMIT_AS, (self.memory_bytes,) * 2),
                              (resource.RLIMIT_FSIZE, (self.output_bytes,) * 2),
                              (resource.RLIMIT_CPU, (self.cpu_seconds, self.cpu_seconds + 5)),
@@ -104,13 +150,16 @@ class Worker:
         self.workdir = tempfile.mkdtemp(prefix="course-worker-")
         for name in ("worker.py", "adapters.py"):
             shutil.copy(HERE / name, self.workdir)
+        # the worker imports a copy: whatever the code does to its own files ends with this worker
+        copy = shutil.copytree(self.submission, os.path.join(self.workdir, "submission"),
+                               ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".git"))
         self.log_path = os.path.join(self.workdir, "output.log")
         req_r, req_w = os.pipe()
         resp_r, resp_w = os.pipe()
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-I", os.path.join(self.workdir, "worker.py"),
-                 str(req_r), str(resp_w), str(self.submission)],
+                 str(req_r), str(resp_w), str(copy)],
                 pass_fds=(req_r, resp_w), stdin=subprocess.DEVNULL, stdout=log,
                 stderr=subprocess.STDOUT, cwd=self.workdir, env=self._environment(),
                 start_new_session=True, preexec_fn=self._limits)

@@ -116,7 +116,7 @@ def test_empty_submission_folder_is_graded_as_missing_files(tmp_path):
 def test_json_report_has_stable_keys(solutions_report):
     _, report = solutions_report
     assert set(report) == {"schema_version", "submission", "score", "max_score", "duration_s",
-                           "worker_restarts", "exercises"}
+                           "worker_restarts", "isolation", "exercises"}
     test = report["exercises"][0]["tests"][0]
     assert set(test) == {"exercise", "name", "description", "max_points", "status", "points",
                          "message", "duration", "visibility"}

@@ -5,6 +5,7 @@ import time
 import pytest
 
 from tests.conftest import FIXTURES, results, run_grader
+from autograder.sandbox import network_namespace_available
 from tests.fixtures.hostile import HOSTILE, PREPEND
 
 CALL_TIMEOUT = 3  # seconds per call: the correct functions here take milliseconds
@@ -38,7 +39,12 @@ def test_hostile_submission_is_graded_safely(tmp_path, name):
         assert hit and all(t["status"] == "failed" for t in hit), [t["name"] for t in hit if t["status"] != "failed"]
         assert all(needle in t["message"] for t in hit), [t["message"] for t in hit if needle not in t["message"]][:2]
         failed += hit
-    assert any(case["where"] in t["message"] for t in failed)  # says where it happened
+    if failed:
+        assert any(case["where"] in t["message"] for t in failed)  # says where it happened
+    if name == "opens_a_network_connection" and network_namespace_available():
+        assert all("Network is unreachable" in t["message"] for t in failed)
+    if name == "rewrites_its_own_files":
+        assert (folder / "attention.py").read_text().startswith('"""A correct attention')  # not overwritten
     for prefix in case["pass_"]:
         hit = [t for n, t in by_name.items() if n.startswith(prefix)]
         assert hit and all(t["status"] == "passed" for t in hit), [t["message"] for t in hit if t["status"] != "passed"]
