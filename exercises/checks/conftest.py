@@ -25,46 +25,15 @@ def _exercise(name):
     return importlib.import_module(f"{os.environ.get('COURSE_IMPL', 'exercises')}.{name}")
 
 
-@pytest.fixture(scope="session")
-def attention():
-    return _exercise("attention")
+def _module_fixture(name):
+    @pytest.fixture(scope="session", name=name)
+    def module():
+        return _exercise(name)
+
+    return module
 
 
-@pytest.fixture(scope="session")
-def rope():
-    return _exercise("rope")
-
-
-@pytest.fixture(scope="session")
-def positional():
-    return _exercise("positional")
-
-
-@pytest.fixture(scope="session")
-def layers():
-    return _exercise("layers")
-
-
-@pytest.fixture(scope="session")
-def decoder_block():
-    return _exercise("decoder_block")
-
-
-@pytest.fixture(scope="session")
-def gpt():
-    return _exercise("gpt")
-
-
-@pytest.fixture(scope="session")
-def kv_cache():
-    return _exercise("kv_cache")
-
-
-@pytest.fixture(scope="session")
-def flash_attention():
-    return _exercise("flash_attention")
-
-
-@pytest.fixture(scope="session")
-def flash_attention_triton():
-    return _exercise("flash_attention_triton")
+# one fixture per exercise module: a test asks for `attention`, `rope`, ... by name
+for _name in ("attention", "rope", "positional", "layers", "decoder_block", "gpt", "kv_cache",
+              "flash_attention", "flash_attention_triton"):
+    globals()[f"{_name}_module"] = _module_fixture(_name)
