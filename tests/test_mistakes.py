@@ -30,3 +30,16 @@ def test_mutant_loses_points_and_is_named(tmp_path, name, solutions_report):
     # exercise's every test uses that one thing)
     if not mutant.get("all_fail"):
         assert any(t["status"] == "passed" for t in by_name.values())
+
+
+def test_every_hidden_test_has_a_wrong_implementation_it_catches():
+    """Each test function of the hidden suites is listed in some mutant's `fails`: a test that
+    no known-wrong implementation fails could be one that cannot fail."""
+    import re
+
+    from tests.conftest import ROOT
+
+    covered = {prefix.split("[")[0] for mutant in MUTANTS.values() for prefix in mutant["fails"]}
+    names = [name for path in (ROOT / "autograder" / "suites").glob("test_*.py")
+             for name in re.findall(r"^def test_(\w+)", path.read_text(), flags=re.M)]
+    assert names and not [n for n in names if n not in covered]
