@@ -424,3 +424,10 @@ def triton_run(sub, q, k, v, is_causal=False):
         for owner, original in patched:
             owner.run = original
     return {"out": out, "launches": launches[0]}
+
+
+def module_method(sub, cls, init_kwargs, state_dict, method, args, kwargs=None, *, dtype=None):
+    """``getattr(module, method)(*args, **kwargs)`` on the student's module in eval mode."""
+    module = build_module(sub, cls, init_kwargs, state_dict, dtype).eval()
+    with torch.no_grad():
+        return getattr(module, method)(*args, **(kwargs or {}))

@@ -35,5 +35,5 @@ def _module_fixture(name):
 
 # one fixture per exercise module: a test asks for `attention`, `rope`, ... by name
 for _name in ("attention", "rope", "positional", "layers", "decoder_block", "gpt", "kv_cache",
-              "flash_attention", "flash_attention_triton"):
+              "flash_attention", "flash_attention_triton", "seq2seq"):
     globals()[f"{_name}_module"] = _module_fixture(_name)

@@ -1,0 +1,199 @@
+"""Hidden suite: exercises/seq2seq.py, the original encoder-decoder Transformer.
+
+Random weights everywhere (norm gains around 1), float64, padding in the middle of batches.
+Properties are checked on the student's own outputs: padding never influences real
+positions, the decoder never sees later target tokens, cross-attention reads the memory.
+"""
+import pytest
+import torch
+
+from autograder.compare import check_tensor
+from autograder.inputs import randn, random_state_dict
+from solutions import seq2seq as ref
+
+F64 = torch.float64
+PRE_POST = {False: "this is a Pre-LN layer, but prenorm=False asks for Post-LN: x = norm(x + sublayer(x))",
+            True: "this is a Post-LN layer, but prenorm=True asks for Pre-LN: x = x + sublayer(norm(x))"}
+MASK_REVERSED = "the padding mask is reversed: True marks a real token, padding keys are never attended to"
+NO_EMBED_SCALE = "the embeddings are not multiplied by sqrt(d_model) before the positions are added"
+NOT_CAUSAL = "the decoder's self-attention is not causal: a target position sees later target tokens"
+
+
+def weights(module, seed):
+    state = random_state_dict(module, seed=seed, std=0.3)
+    for key in state:
+        if key.endswith("norm1.weight") or key.endswith(("norm2.weight", "norm3.weight", "enc_norm.weight", "dec_norm.weight")):
+            state[key] = 1 + state[key]  # gains around 1 keep a random stack informative
+    return state
+
+
+def layer(cls, prenorm, seed):
+    module = getattr(ref, cls)(24, 4, 40, prenorm=prenorm).double().eval()
+    state = weights(module, seed)
+    module.load_state_dict(state)
+    return module, state
+
+
+def padding(b, n, lengths):
+    return torch.arange(n)[None, :] < torch.tensor(lengths)[:, None]  # True = real token
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize("cls", ["EncoderLayer", "DecoderLayer"])
+def test_layer_parameters(worker, cls):
+    """layers have the API's submodules (self_attn, norms, cross_attn, fc1, fc2) and shapes."""
+    got = worker.call("@module_parameters", f"seq2seq.{cls}", {"d_model": 24, "n_heads": 4, "d_ff": 40})
+    expected = {n: tuple(p.shape) for n, p in getattr(ref, cls)(24, 4, 40).named_parameters()}
+    params = {n: tuple(info["shape"]) for n, info in got["parameters"].items()}
+    assert params == expected, (f"{cls} parameters differ: missing {sorted(set(expected) - set(params))}, "
+                                f"unexpected {sorted(set(params) - set(expected))}")
+
+
+@pytest.mark.points(2)
+@pytest.mark.parametrize("prenorm", [False, True], ids=["post-ln", "pre-ln"])
+def test_encoder_layer(worker, prenorm):
+    """EncoderLayer matches the reference with a padding mask (Post-LN by default)."""
+    module, state = layer("EncoderLayer", prenorm, seed=1)
+    x = randn(3, 7, 24, seed=2, dtype=F64)
+    pad = padding(3, 7, [7, 4, 6])
+    init = {"d_model": 24, "n_heads": 4, "d_ff": 40, "prenorm": prenorm}
+    got = worker.call("@module_forward", "seq2seq.EncoderLayer", init, state, [x], {"src_key_padding_mask": pad}, dtype=F64)
+    with torch.no_grad():
+        expected = module(x, src_key_padding_mask=pad)
+        swapped = getattr(ref, "EncoderLayer")(24, 4, 40, prenorm=not prenorm).double()
+        swapped.load_state_dict(state)
+        wrong = [(PRE_POST[not prenorm], swapped(x, src_key_padding_mask=pad)),
+                 (MASK_REVERSED, module(x, src_key_padding_mask=~pad | ~pad.any(-1, keepdim=True)))]
+    check_tensor(got["out"], expected, f"EncoderLayer(prenorm={prenorm})(x, padding)", n_terms=40, magnitude=8.0,
+                 mistakes=lambda: wrong)
+
+
+@pytest.mark.points(2)
+@pytest.mark.parametrize("prenorm", [False, True], ids=["post-ln", "pre-ln"])
+def test_decoder_layer(worker, prenorm):
+    """DecoderLayer: causal self-attention, cross-attention to memory, FFN, with padding masks."""
+    module, state = layer("DecoderLayer", prenorm, seed=3)
+    y, memory = randn(3, 5, 24, seed=4, dtype=F64), randn(3, 7, 24, seed=5, dtype=F64)
+    tgt_pad, mem_pad = padding(3, 5, [5, 3, 4]), padding(3, 7, [7, 4, 6])
+    init = {"d_model": 24, "n_heads": 4, "d_ff": 40, "prenorm": prenorm}
+    kwargs = {"tgt_key_padding_mask": tgt_pad, "memory_key_padding_mask": mem_pad}
+    got = worker.call("@module_forward", "seq2seq.DecoderLayer", init, state, [y, memory], kwargs, dtype=F64)
+    with torch.no_grad():
+        expected = module(y, memory, **kwargs)
+        swapped = ref.DecoderLayer(24, 4, 40, prenorm=not prenorm).double()
+        swapped.load_state_dict(state)
+        wrong = [(PRE_POST[not prenorm], swapped(y, memory, **kwargs))]
+    check_tensor(got["out"], expected, f"DecoderLayer(prenorm={prenorm})(y, memory, masks)", n_terms=40,
+                 magnitude=8.0, mistakes=lambda: wrong)
+
+
+MODEL = {"src_vocab": 23, "tgt_vocab": 19, "d_model": 24, "n_heads": 4, "n_layers": 2, "d_ff": 40, "max_len": 32}
+
+
+def model(prenorm, seed, **extra):
+    module = ref.Seq2SeqTransformer(**MODEL, prenorm=prenorm, **extra).double().eval()
+    state = weights(module, seed)
+    module.load_state_dict(state)
+    return module, state
+
+
+def batch(seed):
+    g = torch.Generator().manual_seed(seed)
+    src = torch.randint(1, 23, (3, 8), generator=g)
+    src[1, 5:] = 0  # padding (pad_id 0)
+    tgt = torch.randint(1, 19, (3, 6), generator=g)
+    tgt[2, 4:] = 0
+    return src, tgt
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize("prenorm", [False, True], ids=["post-ln", "pre-ln"])
+def test_model_parameters(worker, prenorm):
+    """Seq2SeqTransformer has src_emb, tgt_emb, encoder, decoder, out_proj (and enc_norm/dec_norm in Pre-LN)."""
+    got = worker.call("@module_parameters", "seq2seq.Seq2SeqTransformer", {**MODEL, "prenorm": prenorm})
+    expected = {n: tuple(p.shape) for n, p in ref.Seq2SeqTransformer(**MODEL, prenorm=prenorm).named_parameters()}
+    params = {n: tuple(info["shape"]) for n, info in got["parameters"].items()}
+    assert params == expected, (f"Seq2SeqTransformer parameters differ: missing {sorted(set(expected) - set(params))}, "
+                                f"unexpected {sorted(set(params) - set(expected))}")
+
+
+@pytest.mark.points(3)
+@pytest.mark.parametrize("prenorm", [False, True], ids=["post-ln", "pre-ln"])
+def test_model_logits(worker, prenorm):
+    """forward(src, tgt) matches the reference (embedding scale, positions, masks from pad_id)."""
+    module, state = model(prenorm, seed=6)
+    src, tgt = batch(7)
+    got = worker.call("@module_forward", "seq2seq.Seq2SeqTransformer", {**MODEL, "prenorm": prenorm}, state,
+                      [src, tgt], dtype=F64)
+    with torch.no_grad():
+        expected = module(src, tgt)
+        original = module.embed
+        module.embed = lambda tokens, table: table(tokens) + module.positions[: tokens.shape[1]].double()
+        unscaled = module(src, tgt)
+        module.embed = original
+    check_tensor(got["out"], expected, f"Seq2SeqTransformer(prenorm={prenorm})(src, tgt)", n_terms=40,
+                 magnitude=8.0, mistakes=lambda: [(NO_EMBED_SCALE, unscaled)])
+
+
+@pytest.mark.points(2)
+def test_padding_never_influences_real_positions(worker):
+    """appending padding to the source changes no logit (pad keys are never attended to)."""
+    _, state = model(False, seed=8)
+    src, tgt = batch(9)
+    longer = torch.cat([src, torch.zeros(3, 4, dtype=torch.long)], dim=1)  # 4 more pad tokens
+    init = {**MODEL, "prenorm": False}
+    a = worker.call("@module_forward", "seq2seq.Seq2SeqTransformer", init, state, [src, tgt], dtype=F64)["out"]
+    b = worker.call("@module_forward", "seq2seq.Seq2SeqTransformer", init, state, [longer, tgt], dtype=F64)["out"]
+    check_tensor(b, a, "logits with 4 extra source pad tokens vs without", tol=1e-10)
+
+
+@pytest.mark.points(2)
+def test_decoder_never_sees_future_targets(worker):
+    """changing later target tokens changes no earlier logit."""
+    _, state = model(False, seed=10)
+    src, tgt = batch(11)
+    changed = tgt.clone()
+    changed[:, 4:] = (changed[:, 4:] + 3) % 18 + 1
+    init = {**MODEL, "prenorm": False}
+    a = worker.call("@module_forward", "seq2seq.Seq2SeqTransformer", init, state, [src, tgt], dtype=F64)["out"]
+    b = worker.call("@module_forward", "seq2seq.Seq2SeqTransformer", init, state, [src, changed], dtype=F64)["out"]
+    assert isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape
+    moved = (a[:, :4] - b[:, :4]).abs().max().item()
+    assert moved < 1e-10, f"changing target tokens 4-5 moved the logits at positions 0-3 by {moved:.3g}: {NOT_CAUSAL}"
+
+
+@pytest.mark.points(1)
+def test_cross_attention_reads_the_encoder(worker):
+    """decode(tgt, memory, src) depends on memory: another memory gives the reference's other logits."""
+    module, state = model(False, seed=12)
+    src, tgt = batch(13)
+    memory = randn(3, 8, 24, seed=14, dtype=F64)
+    got = worker.call("@module_method", "seq2seq.Seq2SeqTransformer", {**MODEL, "prenorm": False}, state,
+                      "decode", [tgt, memory, src], dtype=F64)
+    with torch.no_grad():
+        expected = module.decode(tgt, memory, src)
+    check_tensor(got, expected, "decode(tgt, a given memory, src)", n_terms=40, magnitude=8.0)
+
+
+@pytest.mark.points(2)
+def test_greedy_decode(worker):
+    """greedy_decode: bos first, eos kept then pad, stops when every row is done, <= max_len."""
+    module, state = model(False, seed=15)
+    src, _ = batch(16)
+    eos = int(module.greedy_decode(src, 1, 0, 3)[0, 1])  # a token the model does produce: a real eos test
+    got = worker.call("@module_method", "seq2seq.Seq2SeqTransformer", {**MODEL, "prenorm": False}, state,
+                      "greedy_decode", [src, 1, eos, 12], dtype=F64)
+    expected = module.greedy_decode(src, 1, eos, 12)
+    check_tensor(got, expected, f"greedy_decode(src, bos_id=1, eos_id={eos}, max_len=12)")
+
+
+@pytest.mark.points(1)
+def test_dropout_only_in_training(worker):
+    """with dropout=0.3, eval mode gives the deterministic reference output."""
+    module, state = model(False, seed=17)
+    src, tgt = batch(18)
+    got = worker.call("@module_forward", "seq2seq.Seq2SeqTransformer", {**MODEL, "prenorm": False, "dropout": 0.3},
+                      state, [src, tgt], dtype=F64)
+    with torch.no_grad():
+        expected = module(src, tgt)
+    check_tensor(got["out"], expected, "Seq2SeqTransformer(dropout=0.3) in eval mode", n_terms=40, magnitude=8.0)
