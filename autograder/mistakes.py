@@ -346,20 +346,16 @@ def silu_mistakes(x):
     yield SILU_WRONG, x.double() * torch.tanh(x.double())
 
 
-def _lin(x, state, name):
-    return _linear(x, state, name)
-
-
 def feedforward_mistakes(state, x):
-    h = _lin(x, state, "fc1")
-    yield GELU_EXACT, _lin(torch.nn.functional.gelu(h), state, "fc2")
-    yield RELU, _lin(torch.relu(h), state, "fc2")
+    h = _linear(x, state, "fc1")
+    yield GELU_EXACT, _linear(torch.nn.functional.gelu(h), state, "fc2")
+    yield RELU, _linear(torch.relu(h), state, "fc2")
 
 
 def swiglu_mistakes(state, x):
-    gate, up = _lin(x, state, "gate_proj"), _lin(x, state, "up_proj")
-    yield SWIGLU_SWAPPED, _lin(torch.nn.functional.silu(up) * gate, state, "down_proj")
-    yield GELU_EXACT, _lin(torch.nn.functional.gelu(gate) * up, state, "down_proj")
+    gate, up = _linear(x, state, "gate_proj"), _linear(x, state, "up_proj")
+    yield SWIGLU_SWAPPED, _linear(torch.nn.functional.silu(up) * gate, state, "down_proj")
+    yield GELU_EXACT, _linear(torch.nn.functional.gelu(gate) * up, state, "down_proj")
 
 
 # ---------------------------------------------------------------------------------------

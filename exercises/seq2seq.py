@@ -30,6 +30,11 @@ def _key_mask(padding: torch.Tensor | None) -> torch.Tensor | None:
     return None if padding is None else padding[:, None, None, :]
 
 
+def _feed_forward(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """fc2(relu(fc1(x))) with the layer's dropout after the activation and on the output."""
+    return layer.dropout(layer.fc2(layer.dropout(torch.relu(layer.fc1(x)))))
+
+
 class EncoderLayer(nn.Module):
     """Submodules ``self_attn`` (MultiHeadAttention, bias=True), ``norm1``, ``fc1``
     (Linear(d_model, d_ff)), ``fc2`` (Linear(d_ff, d_model)), ``norm2`` (LayerNorm, eps 1e-5)."""
@@ -39,9 +44,6 @@ class EncoderLayer(nn.Module):
         self.prenorm = prenorm
         self.dropout = nn.Dropout(dropout)  # active only in training mode
         raise NotImplementedError("EncoderLayer.__init__: write this part (see the docstring)")
-
-    def _ffn(self, x):
-        return self.dropout(self.fc2(self.dropout(torch.relu(self.fc1(x)))))
 
     def forward(self, x: torch.Tensor, src_key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         """x: (b, n_src, d_model); src_key_padding_mask: (b, n_src) bool, True = real token."""
@@ -57,9 +59,6 @@ class DecoderLayer(nn.Module):
         self.prenorm = prenorm
         self.dropout = nn.Dropout(dropout)
         raise NotImplementedError("DecoderLayer.__init__: write this part (see the docstring)")
-
-    def _ffn(self, x):
-        return self.dropout(self.fc2(self.dropout(torch.relu(self.fc1(x)))))
 
     def forward(self, y: torch.Tensor, memory: torch.Tensor, tgt_key_padding_mask: torch.Tensor | None = None,
                 memory_key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:

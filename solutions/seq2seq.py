@@ -28,6 +28,11 @@ def _key_mask(padding: torch.Tensor | None) -> torch.Tensor | None:
     return None if padding is None else padding[:, None, None, :]
 
 
+def _feed_forward(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """fc2(relu(fc1(x))) with the layer's dropout after the activation and on the output."""
+    return layer.dropout(layer.fc2(layer.dropout(torch.relu(layer.fc1(x)))))
+
+
 class EncoderLayer(nn.Module):
     """Submodules ``self_attn`` (MultiHeadAttention, bias=True), ``norm1``, ``fc1``
     (Linear(d_model, d_ff)), ``fc2`` (Linear(d_ff, d_model)), ``norm2`` (LayerNorm, eps 1e-5)."""
@@ -44,18 +49,15 @@ class EncoderLayer(nn.Module):
         self.norm2 = LayerNorm(d_model, eps=1e-5)
         ### END SOLUTION
 
-    def _ffn(self, x):
-        return self.dropout(self.fc2(self.dropout(torch.relu(self.fc1(x)))))
-
     def forward(self, x: torch.Tensor, src_key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         """x: (b, n_src, d_model); src_key_padding_mask: (b, n_src) bool, True = real token."""
         ### BEGIN SOLUTION
         mask = _key_mask(src_key_padding_mask)
         if self.prenorm:
             x = x + self.dropout(self.self_attn(self.norm1(x), mask=mask))
-            return x + self._ffn(self.norm2(x))
+            return x + _feed_forward(self, self.norm2(x))
         x = self.norm1(x + self.dropout(self.self_attn(x, mask=mask)))
-        return self.norm2(x + self._ffn(x))
+        return self.norm2(x + _feed_forward(self, x))
         ### END SOLUTION
 
 
@@ -77,9 +79,6 @@ class DecoderLayer(nn.Module):
         self.norm3 = LayerNorm(d_model, eps=1e-5)
         ### END SOLUTION
 
-    def _ffn(self, x):
-        return self.dropout(self.fc2(self.dropout(torch.relu(self.fc1(x)))))
-
     def forward(self, y: torch.Tensor, memory: torch.Tensor, tgt_key_padding_mask: torch.Tensor | None = None,
                 memory_key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         """y: (b, n_tgt, d_model), memory: (b, n_src, d_model) -> (b, n_tgt, d_model).
@@ -89,10 +88,10 @@ class DecoderLayer(nn.Module):
         if self.prenorm:
             y = y + self.dropout(self.self_attn(self.norm1(y), mask=self_mask, is_causal=True))
             y = y + self.dropout(self.cross_attn(self.norm2(y), context=memory, mask=memory_mask))
-            return y + self._ffn(self.norm3(y))
+            return y + _feed_forward(self, self.norm3(y))
         y = self.norm1(y + self.dropout(self.self_attn(y, mask=self_mask, is_causal=True)))
         y = self.norm2(y + self.dropout(self.cross_attn(y, context=memory, mask=memory_mask)))
-        return self.norm3(y + self._ffn(y))
+        return self.norm3(y + _feed_forward(self, y))
         ### END SOLUTION
 
 
