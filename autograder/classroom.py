@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +22,8 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from .isolation import make_private, running_as_root, site_dirs
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -72,6 +75,11 @@ def grade_class(submissions: Path, out_csv: Path, jobs: int = 1, force: bool = F
     students = sorted(p for p in Path(submissions).iterdir() if p.is_dir() and not p.name.startswith("."))
     reports = Path(out_csv).resolve().parent / "reports"
     reports.mkdir(parents=True, exist_ok=True)
+    if running_as_root():
+        # each worker runs as an unprivileged uid: keep the other students' files and the
+        # reports out of its reach (chmod o-rwx; owner and group are unchanged)
+        make_private([Path(submissions).resolve(), reports],
+                     keep=[sys.executable, os.path.realpath(sys.executable), *site_dirs()])
     rows, exercises = [], []
     with Progress(TextColumn("[bold]grading"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TextColumn("{task.description}"), console=console) as progress:

@@ -82,6 +82,9 @@ class Report:
             console.print(table)
         console.print(Text(f"Total: {_num(self.score)} / {_num(self.max_score)} points "
                            f"({self.duration:.1f} s)", style="bold"))
+        for name, text in self.isolation.items():  # a protection this machine could not give
+            if str(text).startswith("unavailable"):
+                console.print(Text(f"Isolation ({name}): {text}", style="dim"))
         hint = self.hint()
         if hint:
             console.print(Text("Hint: ", style="bold yellow") + Text(hint))

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from .report import Report, TestResult
-from .sandbox import SubmissionError, Worker, isolation_summary
+from .sandbox import SubmissionError, Worker
 
 ROOT = Path(__file__).resolve().parent.parent
 SUITES = Path(__file__).resolve().parent / "suites"
@@ -100,9 +100,10 @@ def grade(submission: str | Path, exercises: list[str] | None = None, *,
             raise RuntimeError(f"the hidden suites did not run (pytest exit code {int(code)}):\n"
                                + output.getvalue()[-3000:])
         restarts = worker.restarts
+        isolation = worker.isolation()
     return Report(submission=str(submission), results=list(plugin.results.values()),
                   duration=time.monotonic() - started, worker_restarts=restarts,
-                  isolation=isolation_summary(int(memory_gib * (1 << 30))))
+                  isolation=isolation)
 
 
 def grade_public(submission: str | Path, timeout: float = 600.0) -> Report:

@@ -23,6 +23,10 @@ from pathlib import Path
 
 import torch
 
+from .isolation import (MAX_PROCESSES, ROOT, IsolationPlan, UidLease, become_subreaper, drop_to, kill_strays,  # noqa: F401
+                        network_namespace_available, remove_files_of, running_as_root, strays,
+                        unshare_network)
+
 HERE = Path(__file__).resolve().parent
 GiB = 1 << 30
 MiB = 1 << 20
@@ -33,50 +37,17 @@ class SubmissionError(Exception):
 
     def __init__(self, message: str, kind: str):
         super().__init__(message)
-        self.kind = kind  # not-implemented | missing | exception | timeout | crash | memory | bad-reply
+        self.kind = kind  # not-implemented | missing | exception | timeout | crash | memory | bad-reply | background
 
 
-CLONE_NEWNET = 0x40000000
-_NETWORK_PROBE: list[bool] = []
-
-
-def _unshare_network() -> bool:
-    import ctypes
-
-    try:
-        return ctypes.CDLL(None, use_errno=True).unshare(CLONE_NEWNET) == 0
-    except (OSError, AttributeError):
-        return False
-
-
-def network_namespace_available() -> bool:
-    """Whether this system lets the worker start in its own network namespace (root, or
-    unprivileged user namespaces), probed once in a throwaway child process."""
-    if not _NETWORK_PROBE:
-        if not sys.platform.startswith("linux"):
-            _NETWORK_PROBE.append(False)
-        else:
-            pid = os.fork()
-            if pid == 0:  # the probe: never returns into the grader's code
-                os._exit(0 if _unshare_network() else 1)
-            _, status = os.waitpid(pid, 0)
-            _NETWORK_PROBE.append(os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0)
-    return _NETWORK_PROBE[0]
-
-
-def isolation_summary(memory_bytes: int) -> dict:
+def isolation_summary(memory_bytes: int, plan: IsolationPlan) -> dict:
     """What protects the grade on this system, and what is unavailable here (reported)."""
-    root = os.geteuid() == 0
     return {
         "separate process": "student code runs only in the worker; replies load with weights_only=True",
         "resource limits": f"address space {memory_bytes / GiB:.1f} GiB, CPU time, file size, no core dumps; "
-                           f"per-call timeouts; the whole process group is killed",
-        "network": ("own empty network namespace" if network_namespace_available()
-                    else "unavailable on this system: the worker shares the grader's network"),
-        "files": ("worker runs from a private temporary folder with a copy of the submission; "
-                  + ("it runs as root here: dropping to an unprivileged user is not implemented yet, "
-                     "so course files are readable by path" if root else
-                     "it runs as the grader's own user: files that user can read are readable by path")),
+                           f"per-call timeouts",
+        "files": "the worker runs from a private temporary folder with a copy of the submission",
+        **plan.summary(),
     }
 
 
@@ -84,7 +55,8 @@ class Worker:
     def __init__(self, submission: str | os.PathLike, *, timeout: float = 20.0,
                  startup_timeout: float = 120.0, memory_bytes: int = 6 * GiB,
                  max_reply_bytes: int = 256 * MiB, output_bytes: int = 16 * MiB,
-                 cpu_seconds: int = 1800, max_strikes_per_target: int = 2):
+                 cpu_seconds: int = 1800, max_strikes_per_target: int = 2,
+                 drop_privileges: bool | None = None):
         self.submission = Path(submission).resolve()
         self.timeout = timeout
         self.startup_timeout = startup_timeout
@@ -104,21 +76,32 @@ class Worker:
 
         self.restarts = 0
         self._next_id = 0
+        # as root the worker drops to a pool uid; False keeps it as the grader's user
+        self.drop_privileges = running_as_root() if drop_privileges is None else drop_privileges
+        self.lease: UidLease | None = None
+        self.plan: IsolationPlan | None = None
+        self.log = None
 
     # -- process management -------------------------------------------------------------
     def _limits(self):
-        # runs in the child between fork and exec; a limit the system refuses (macOS has no
-        # working RLIMIT_AS) is skipped rather than stopping the grader
-        if network_namespace_available():
-            _unshare_network()  # an empty network namespace: no interface but a down loopback
-        for limit, value in [(resource.RLIMIT_AS, (self.memory_bytes,) * 2),
-                             (resource.RLIMIT_FSIZE, (self.output_bytes,) * 2),
-                             (resource.RLIMIT_CPU, (self.cpu_seconds, self.cpu_seconds + 5)),
-                             (resource.RLIMIT_CORE, (0, 0))]:
+        # runs in the child between fork and exec, root-only steps first; a limit the system
+        # refuses (macOS has no working RLIMIT_AS) is skipped rather than stopping the grader
+        plan = self.plan
+        if plan.network:
+            unshare_network()  # an empty network namespace: no interface but a down loopback
+        limits = [(resource.RLIMIT_AS, (self.memory_bytes,) * 2),
+                  (resource.RLIMIT_FSIZE, (self.output_bytes,) * 2),
+                  (resource.RLIMIT_CPU, (self.cpu_seconds, self.cpu_seconds + 5)),
+                  (resource.RLIMIT_CORE, (0, 0))]
+        if plan.uid is not None:  # counted per uid, threads included; root is exempt
+            limits.append((resource.RLIMIT_NPROC, (MAX_PROCESSES,) * 2))
+        for limit, value in limits:
             try:
                 resource.setrlimit(limit, value)
             except (ValueError, OSError):
                 pass
+        if plan.uid is not None:
+            drop_to(plan.uid)
 
     def _environment(self) -> dict:
         env = {
@@ -145,24 +128,43 @@ class Worker:
                 env[name] = os.environ[name]
         return env
 
+    def _decide_isolation(self):
+        if self.plan is None:
+            if self.drop_privileges and self.lease is None:
+                self.lease = UidLease()
+            # the originals of the submission, and (as root) the course itself: private
+            self.plan = IsolationPlan.decide(self.lease, protect=[ROOT, self.submission])
+
+    def isolation(self) -> dict:
+        """The protections this worker runs under (decided now if it has not started yet)."""
+        self._decide_isolation()
+        return isolation_summary(self.memory_bytes, self.plan)
+
     def start(self):
-        self.close()
+        self._stop()
+        self._decide_isolation()
+        plan = self.plan
         self.workdir = tempfile.mkdtemp(prefix="course-worker-")
         for name in ("worker.py", "adapters.py"):
             shutil.copy(HERE / name, self.workdir)
         # the worker imports a copy: whatever the code does to its own files ends with this worker
         copy = shutil.copytree(self.submission, os.path.join(self.workdir, "submission"),
                                ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".git"))
-        self.log_path = os.path.join(self.workdir, "output.log")
+        if plan.uid is not None:  # the worker's own folder, and nothing else, belongs to its uid
+            for folder, dirs, files in os.walk(self.workdir):
+                for name in [folder, *(os.path.join(folder, n) for n in dirs + files)]:
+                    os.lchown(name, plan.uid, plan.uid)
+        # output goes to a file with no name: the worker can neither swap it for a link to a
+        # file it may not read nor find it
+        self.log = tempfile.TemporaryFile()
         req_r, req_w = os.pipe()
         resp_r, resp_w = os.pipe()
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-I", os.path.join(self.workdir, "worker.py"),
-                 str(req_r), str(resp_w), str(copy)],
-                pass_fds=(req_r, resp_w), stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, cwd=self.workdir, env=self._environment(),
-                start_new_session=True, preexec_fn=self._limits)
+        self.proc = subprocess.Popen(
+            [plan.python, "-I", os.path.join(self.workdir, "worker.py"),
+             str(req_r), str(resp_w), str(copy), *plan.site_dirs],
+            pass_fds=(req_r, resp_w), stdin=subprocess.DEVNULL, stdout=self.log,
+            stderr=subprocess.STDOUT, cwd=self.workdir, env=self._environment(),
+            start_new_session=True, preexec_fn=self._limits)
         os.close(req_r)
         os.close(resp_w)
         self.req_w, self.resp_r = req_w, resp_r
@@ -173,12 +175,27 @@ class Worker:
         if frame.get("event") != "ready":
             self._die("bad-reply", "the worker did not start properly")
 
-    def close(self):
+    def _stop(self):
+        """End the worker, everything it started, and the files it left."""
         if self.proc is not None:
             self._kill()
+        if self.plan is not None and self.plan.uid is not None:
+            remove_files_of(self.plan.uid)
         if self.workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
+        if self.log is not None:
+            self.log.close()
+            self.log = None
+
+    def close(self):
+        self._stop()
+        if self.lease is not None:
+            self.lease.release()
+            self.lease = None
+        if self.plan is not None and self.plan.reaping:
+            become_subreaper(False)
+        self.plan = None
 
     def _kill(self):
         proc = self.proc
@@ -197,9 +214,12 @@ class Worker:
         except (ProcessLookupError, PermissionError):
             pass
         try:
-            return proc.wait(timeout=10)
+            status = proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            return None
+            status = None
+        # and whatever left the group: orphans we adopted, anything of the worker's uid
+        kill_strays(proc.pid, self.plan.uid, self.plan.reaping)
+        return status
 
     def __enter__(self):
         return self
@@ -238,11 +258,11 @@ class Worker:
 
     # -- failures -------------------------------------------------------------------------
     def _output_tail(self, lines: int = 8) -> str:
+        if self.log is None:
+            return ""
         try:
-            with open(self.log_path, "rb") as f:
-                f.seek(0, os.SEEK_END)
-                f.seek(max(0, f.tell() - 4000))
-                text = f.read().decode("utf-8", "replace")
+            size = os.fstat(self.log.fileno()).st_size
+            text = os.pread(self.log.fileno(), 4000, max(0, size - 4000)).decode("utf-8", "replace")
         except OSError:
             return ""
         tail = [line for line in text.splitlines() if line.strip()][-lines:]
@@ -304,7 +324,7 @@ class Worker:
         if count >= self.max_strikes_per_target:
             raise SubmissionError(f"not run: {self._name(target)} already {reason} {count} times "
                                   f"in earlier tests; last time: {last}",
-                                  "timeout" if reason == "timed out" else "crash")
+                                  {"timed out": "timeout", "crashed the worker": "crash"}.get(reason, "background"))
         for name in (n.split(".")[0] for n in names):
             if name in self.broken_modules:
                 raise SubmissionError(f"{name}.py could not be imported earlier: "
@@ -313,7 +333,8 @@ class Worker:
             self.start()
         self.current_timeout = timeout or self.timeout
         self._next_id += 1
-        request = {"id": self._next_id, "target": target, "args": list(args), "kwargs": kwargs}
+        request = {"id": self._next_id, "target": target, "args": list(args), "kwargs": kwargs,
+                   "max_bytes": self.max_reply_bytes}
         buf = io.BytesIO()
         torch.save(request, buf)
         data = buf.getvalue()
@@ -340,9 +361,26 @@ class Worker:
                 break
             else:
                 self._die("bad-reply", f"{self.phase}: an unexpected reply came back")
+        self._check_background(target, frame.get("threads"))
         if frame.get("ok") is True:
             return frame.get("value")
         raise self._error(target, frame.get("error") or {})
+
+    def _check_background(self, target: str, threads):
+        """A call must leave nothing running: a process or thread that outlives it could
+        change values after they are checked, or slow down the next tests."""
+        found = strays(self.proc.pid, self.plan.uid, self.plan.reaping)
+        if found:
+            names = ", ".join(f"pid {pid}: {command}" for pid, command in list(found.items())[:3])
+            what = f"{len(found)} background process{'es' if len(found) > 1 else ''} ({names})"
+        elif isinstance(threads, list) and threads:
+            what = f"{len(threads)} thread{'s' if len(threads) > 1 else ''} ({', '.join(map(str, threads[:3]))})"
+        else:
+            return
+        self._strike("left processes or threads running", what)
+        self._die("background", f"{self.phase} left {what} running after the call returned; the grader "
+                  f"stopped everything and restarted the worker. Exercise code may not leave processes or "
+                  f"threads running")
 
     def _name(self, target: str) -> str:
         return f"the grader's {target[1:]} helper" if target.startswith("@") else target

@@ -13,18 +13,27 @@ happened. Replies are ``{"id", "ok": True, "value"}`` or ``{"id", "ok": False, "
 The grader loads every frame with ``torch.load(weights_only=True)``: nothing but tensors
 and plain containers can come back, whatever the submission does to this process.
 """
-import importlib
-import importlib.util
-import io
 import os
-import struct
 import sys
-import traceback
-import types
 
-import torch
+# as an unprivileged user the worker runs a system Python and is handed the grader's
+# site-packages: they go first, before anything is imported from them
+sys.path[:0] = sys.argv[4:]
+
+import importlib  # noqa: E402
+import importlib.util  # noqa: E402
+import io  # noqa: E402
+import random  # noqa: E402
+import struct  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+import traceback  # noqa: E402
+import types  # noqa: E402
+
+import torch  # noqa: E402
 
 PACKAGE = "submission"  # the submission's folder is imported as this package
+MAX_REPLY_BYTES = [1 << 62]  # set by each request; the grader checks again on its side
 
 
 def read_exact(fd, n):
@@ -98,6 +107,10 @@ class MissingName(Exception):
 def to_wire(value, path="result"):
     """Plain tensors and containers only; anything else is an error the student reads."""
     if type(value) is torch.Tensor or type(value) is torch.nn.Parameter:
+        if value.nelement() * value.element_size() > MAX_REPLY_BYTES[0]:  # before copying it
+            raise ValueError(f"{path} is a tensor of shape {tuple(value.shape)} "
+                             f"({value.nelement() * value.element_size() / 2**20:.0f} MiB), more than "
+                             f"the {MAX_REPLY_BYTES[0] / 2**20:.0f} MiB a reply may hold")
         # a contiguous copy: a view would otherwise ship its whole storage
         return value.detach().clone(memory_format=torch.contiguous_format)
     if isinstance(value, torch.Tensor):
@@ -130,6 +143,26 @@ def describe(exc, folder):
             "traceback": "".join(lines)[-4000:]}
 
 
+def seed_everything():
+    """Every call starts from the same random state, so grading twice gives one report
+    even for code that draws random numbers."""
+    torch.manual_seed(0)
+    random.seed(0)
+    if "numpy" in sys.modules:
+        sys.modules["numpy"].random.seed(0)
+
+
+def threads_left_running(grace=0.2):
+    """Names of the Python threads, other than this one, still alive a moment after a call."""
+    deadline = time.monotonic() + grace
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread():
+            thread.join(max(0.0, deadline - time.monotonic()))
+    names = {thread.ident: thread.name for thread in threading.enumerate()}
+    return [names.get(ident, f"thread {ident}")  # started with _thread: no Thread object
+            for ident in sys._current_frames() if ident != threading.get_ident()]
+
+
 def main():
     req_fd, resp_fd, folder = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
     torch.set_num_threads(1)  # see the grading notes: parallel workers thrash otherwise
@@ -145,6 +178,8 @@ def main():
         if request is None:
             return
         reply = {"id": request["id"]}
+        seed_everything()
+        MAX_REPLY_BYTES[0] = request.get("max_bytes", MAX_REPLY_BYTES[0])
         try:
             target = request["target"]
             if target.startswith("@"):
@@ -158,6 +193,7 @@ def main():
             reply.update(ok=True, value=to_wire(value))
         except BaseException as exc:  # SystemExit and KeyboardInterrupt too: report, live on
             reply.update(ok=False, error=describe(exc, submission.folder))
+        reply["threads"] = threads_left_running()
         send(resp_fd, reply)
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -14,12 +15,13 @@ ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
-def run_grader(submission, *args, timeout=600):
-    """``python -m autograder grade`` in a fresh process; returns (completed process, report)."""
-    out = Path(tempfile.mkdtemp(prefix="course-report-")) / "report.json"  # never inside the repository
+def run_grader(submission, *args, timeout=600, course=ROOT, report=None, env=None):
+    """``python -m autograder grade`` in a fresh process; returns (completed process, report).
+    ``course``: the course folder whose grader runs (a copy, for the hostile tests)."""
+    out = report or Path(tempfile.mkdtemp(prefix="course-report-")) / "report.json"  # never inside the repository
     proc = subprocess.run([sys.executable, "-m", "autograder", "grade", "--submission", str(submission),
-                           "--json", str(out), *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
+                           "--json", str(out), *args], cwd=course, capture_output=True, text=True,
+                          timeout=timeout, env=dict(os.environ, **(env or {})))
     report = json.loads(out.read_text()) if out.exists() else None
     return proc, report
 

@@ -97,6 +97,20 @@ def test_environment_is_scrubbed_and_directory_is_private(submission, monkeypatc
         assert secret == "" and "course-worker-" in cwd and cwd != os.getcwd()
 
 
+def test_oversized_frame_is_refused_before_it_is_read(submission):
+    """Were the worker subverted to skip its own size check, the grader refuses the frame
+    from its header alone."""
+    with Worker(submission, max_reply_bytes=16 << 20) as w:
+        w.start()
+        read_fd, write_fd = os.pipe()
+        os.write(write_fd, struct.pack(">Q", 1 << 40))  # claims 1 TiB, sends nothing more
+        w.resp_r, w.phase = read_fd, "in mod.double"
+        with pytest.raises(SubmissionError) as err:
+            w._read_frame(deadline=time.monotonic() + 10, what="mod.double")
+        assert err.value.kind == "bad-reply" and "more than the 16 MiB" in str(err.value)
+        os.close(write_fd)
+
+
 class Rigged:
     """Stands in for anything that is not a tensor or a plain container."""
 

@@ -1,0 +1,331 @@
+"""Operating-system protections around the worker, each used where the system allows it.
+
+- An empty network namespace (root, or unprivileged user namespaces).
+- When the grader runs as root (Gradescope, a container, CI): the worker runs as a
+  dedicated unprivileged uid taken from a pool (one uid per live worker, locked), the
+  course's files and the submission's originals are made private to their owner, and at
+  the end every process of that uid is killed and the files it left in the shared
+  temporary folders are removed. ``RLIMIT_NPROC`` applies (it does not bind root).
+- Everywhere on Linux: the grader becomes a child subreaper, so a process that escapes
+  the worker's process group (``setsid`` plus a double fork) is reparented to the grader,
+  seen and killed.
+
+``IsolationPlan.summary()`` says what was active; the report carries it.
+"""
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import os
+import pwd
+import shutil
+import signal
+import site
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CLONE_NEWNET = 0x40000000
+PR_SET_CHILD_SUBREAPER = 36
+UID_POOL = range(61000, 61064)  # above the usual ranges for people and system services
+SHARED_TMP = ("/tmp", "/var/tmp", "/dev/shm")  # where any uid may leave files behind
+MAX_PROCESSES = 64  # RLIMIT_NPROC for the pool uid, threads included: the worker runs 1-3
+
+_libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+_cache: dict[str, object] = {}
+
+
+# -- network ----------------------------------------------------------------------------------
+def unshare_network() -> bool:
+    try:
+        return _libc is not None and _libc.unshare(CLONE_NEWNET) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def network_namespace_available() -> bool:
+    """Probed once, in a throwaway child process that never returns into the grader's code."""
+    if "network" not in _cache:
+        if _libc is None:
+            _cache["network"] = False
+        else:
+            pid = os.fork()
+            if pid == 0:
+                os._exit(0 if unshare_network() else 1)
+            _, status = os.waitpid(pid, 0)
+            _cache["network"] = os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    return bool(_cache["network"])
+
+
+# -- processes --------------------------------------------------------------------------------
+def become_subreaper(on: bool = True) -> bool:
+    """Orphans of our descendants are reparented to us instead of to init."""
+    try:
+        return _libc is not None and _libc.prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def process_table() -> dict[int, tuple[int, int, str]]:
+    """pid -> (parent pid, uid, command) for every process we can see (Linux /proc)."""
+    table = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return table
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().decode("utf-8", "replace")
+            uid = os.stat(f"/proc/{entry}").st_uid
+        except OSError:  # it ended while we looked
+            continue
+        command, rest = fields[fields.index("(") + 1:fields.rindex(")")], fields[fields.rindex(")") + 2:]
+        table[int(entry)] = (int(rest.split()[1]), uid, command)
+    return table
+
+
+def strays(worker_pid: int, uid: int | None, reaping: bool) -> dict[int, str]:
+    """Processes that belong to a submission but are not the worker itself: its
+    descendants, orphans reparented to us (when we are a subreaper), and anything running
+    as the worker's dedicated uid."""
+    table = process_table()
+    me = os.getpid()
+    ours = {worker_pid}
+    found = {}
+    changed = True
+    while changed:  # descendants of the worker, however deep
+        changed = False
+        for pid, (ppid, _, command) in table.items():
+            if ppid in ours and pid not in ours:
+                ours.add(pid)
+                found[pid] = command
+                changed = True
+    for pid, (ppid, owner, command) in table.items():
+        if pid in (worker_pid, me):
+            continue
+        if (uid is not None and owner == uid) or (reaping and ppid == me):
+            found[pid] = command
+    return found
+
+
+def kill_strays(worker_pid: int, uid: int | None, reaping: bool, rounds: int = 20) -> dict[int, str]:
+    """SIGKILL every stray until none is left (a fork loop may race the first rounds)."""
+    seen: dict[int, str] = {}
+    for _ in range(rounds):
+        found = strays(worker_pid, uid, reaping)
+        if not found:
+            break
+        seen.update(found)
+        for pid in found:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        if uid is not None:
+            kill_uid(uid)
+        time.sleep(0.02)
+        reap(found)
+    return seen
+
+
+def reap(pids) -> None:
+    """Collect the exit status of those that were our children (orphans we adopted)."""
+    for pid in pids:
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+
+
+def kill_uid(uid: int) -> None:
+    """kill(-1) as that uid signals every process it owns: nothing of it can hide."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            os.kill(-1, signal.SIGKILL)
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+
+
+# -- the unprivileged uid ---------------------------------------------------------------------
+def running_as_root() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+class UidLease:
+    """One uid of the pool, held (flock) while a worker uses it, so two graders on one
+    machine never share a uid (killing one's processes would kill the other's)."""
+
+    def __init__(self):
+        folder = Path(tempfile.gettempdir()) / "course-grader-uids"
+        folder.mkdir(mode=0o700, exist_ok=True)
+        info = os.lstat(folder)
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != 0 or info.st_mode & 0o077:
+            raise RuntimeError(f"{folder} is not a private folder of root's; refusing to use it")
+        taken = {entry.pw_uid for entry in pwd.getpwall()}
+        for uid in UID_POOL:
+            if uid in taken:
+                continue
+            handle = open(folder / f"{uid}.lock", "w")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                continue
+            self.uid, self._handle = uid, handle
+            return
+        raise RuntimeError(f"all {len(UID_POOL)} grading uids are in use")
+
+    def release(self):
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+
+def drop_to(uid: int) -> None:
+    """In the child, after every root-only step: no groups, the pool uid as gid and uid."""
+    os.setgroups([])
+    os.setgid(uid)
+    os.setuid(uid)
+
+
+def site_dirs() -> list[str]:
+    """The grader's own site-packages, which the worker's interpreter adds to its path."""
+    dirs = [d for d in site.getsitepackages() if os.path.isdir(d)]
+    return list(dict.fromkeys(dirs))
+
+
+def interpreter_for(uid: int) -> tuple[str | None, str]:
+    """A Python of our version that ``uid`` can run and import torch with, and why not if
+    none. The grader's own may live where only root can reach (``/root/.pyenv``)."""
+    if "python" in _cache:
+        return _cache["python"]  # type: ignore[return-value]
+    version = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    candidates = [sys.executable, os.path.realpath(sys.executable), f"/usr/bin/python{version}",
+                  f"/usr/local/bin/python{version}"]
+    probe = ("import sys; sys.path[:0] = sys.argv[1:]; import torch; "
+             "print('%d.%d' % sys.version_info[:2])")
+    tried = []
+    for candidate in dict.fromkeys(candidates):
+        if not os.path.exists(candidate):
+            continue
+        try:
+            out = subprocess.run([candidate, "-I", "-c", probe, *site_dirs()], capture_output=True,
+                                 text=True, timeout=120, cwd="/", preexec_fn=lambda: drop_to(uid),
+                                 env={"PATH": "/usr/bin:/bin", "HOME": "/"})
+        except (OSError, subprocess.SubprocessError) as exc:
+            tried.append(f"{candidate}: {exc}")
+            continue
+        if out.returncode == 0 and out.stdout.strip() == version:
+            _cache["python"] = (candidate, "")
+            return _cache["python"]  # type: ignore[return-value]
+        last = (out.stderr.strip().splitlines() or ["wrong version " + out.stdout.strip()])[-1]
+        tried.append(f"{candidate}: {last[:120]}")
+    _cache["python"] = (None, "; ".join(tried) or f"no python{version} found")
+    return _cache["python"]  # type: ignore[return-value]
+
+
+def make_private(paths, keep: list[str]) -> list[str]:
+    """chmod o-rwx on each path, so the worker's uid (not owner, not in the group) cannot
+    read or enter it. A directory on the way to something the worker needs (``keep``: its
+    interpreter and site-packages) keeps o+x, loses only listing; its other entries are
+    made private one by one."""
+    changed = []
+    keep = [os.path.realpath(k) for k in keep]
+    for path in paths:
+        # never through a symlink: chmod would follow it and change its target
+        if not os.path.lexists(path) or os.path.islink(path):
+            continue
+        path = os.path.realpath(path)
+        needed_inside = [k for k in keep if k == path or k.startswith(path + os.sep)]
+        if any(k == path for k in needed_inside):
+            continue
+        mode = os.stat(path).st_mode
+        if needed_inside and os.path.isdir(path):
+            os.chmod(path, (mode & ~0o007) | 0o001)
+            changed += make_private([os.path.join(path, e) for e in os.listdir(path)], keep)
+        elif mode & 0o007:
+            os.chmod(path, mode & ~0o007)
+            changed.append(path)
+    return changed
+
+
+def remove_files_of(uid: int) -> list[str]:
+    """Files and folders the uid left at the top of the shared temporary folders."""
+    removed = []
+    for folder in SHARED_TMP:
+        try:
+            entries = os.listdir(folder)
+        except OSError:
+            continue
+        for name in entries:
+            path = os.path.join(folder, name)
+            try:
+                if os.lstat(path).st_uid != uid:
+                    continue
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    os.unlink(path)
+                removed.append(path)
+            except OSError:
+                pass
+    return removed
+
+
+# -- what one worker runs under ---------------------------------------------------------------
+@dataclass
+class IsolationPlan:
+    """Decided once per worker start; ``summary()`` goes into the report."""
+    python: str = sys.executable
+    site_dirs: list[str] = field(default_factory=list)
+    uid: int | None = None
+    network: bool = False
+    reaping: bool = False
+    private: bool = False
+    unavailable: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def decide(cls, lease: UidLease | None, protect: list) -> "IsolationPlan":
+        plan = cls(network=network_namespace_available())
+        if not plan.network:
+            plan.unavailable["network"] = ("unavailable: the system refused a network namespace, "
+                                           "so the worker shares the grader's network")
+        plan.reaping = become_subreaper(True)
+        if lease is None:
+            plan.unavailable["user"] = ("unavailable: the grader is not root, so the worker runs as the "
+                                        "grader's own user: files that user can read or write are open to it")
+            return plan
+        python, why = interpreter_for(lease.uid)
+        if python is None:
+            plan.unavailable["user"] = ("unavailable: no Python the unprivileged user can run was found, "
+                                        f"so the worker runs as root ({why})")
+            return plan
+        plan.python, plan.uid, plan.site_dirs = python, lease.uid, site_dirs()
+        make_private(protect, keep=[python, os.path.realpath(python), *plan.site_dirs])
+        plan.private = True
+        return plan
+
+    def summary(self) -> dict:
+        user = (f"unprivileged uid {self.uid} (no groups); the course files and the submission's originals "
+                f"are private to their owner; every process of that uid is killed and its files in "
+                f"{', '.join(SHARED_TMP)} removed when the worker ends; at most {MAX_PROCESSES} processes "
+                f"and threads" if self.uid is not None else self.unavailable.get("user", ""))
+        processes = ("the worker's process group is killed after a timeout or crash; a call that leaves a "
+                     "process or thread running fails and the worker restarts; "
+                     + ("orphans that escape the group are reparented to the grader and killed" if self.reaping
+                        else "unavailable: orphans that escape the group cannot be traced on this system"))
+        return {"user": user, "network": "own empty network namespace" if self.network
+                else self.unavailable["network"], "processes": processes}
