@@ -164,6 +164,17 @@ def running_as_root() -> bool:
     return hasattr(os, "geteuid") and os.geteuid() == 0
 
 
+def privilege_drop_available() -> bool:
+    """Root, and a Python that a pool uid can run with the grader's site-packages."""
+    if not running_as_root():
+        return False
+    lease = UidLease()
+    try:
+        return interpreter_for(lease.uid)[0] is not None
+    finally:
+        lease.release()
+
+
 class UidLease:
     """One uid of the pool, held (flock) while a worker uses it, so two graders on one
     machine never share a uid (killing one's processes would kill the other's)."""
@@ -305,8 +316,9 @@ class IsolationPlan:
                                            "so the worker shares the grader's network")
         plan.reaping = become_subreaper(True)
         if lease is None:
-            plan.unavailable["user"] = ("unavailable: the grader is not root, so the worker runs as the "
-                                        "grader's own user: files that user can read or write are open to it")
+            why = "turned off" if running_as_root() else "the grader is not root"
+            plan.unavailable["user"] = (f"unavailable ({why}): the worker runs as the grader's own user, "
+                                        "so files that user can read or write are open to it")
             return plan
         python, why = interpreter_for(lease.uid)
         if python is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import resource
 import select
 import shutil
@@ -268,6 +269,22 @@ class Worker:
         tail = [line for line in text.splitlines() if line.strip()][-lines:]
         return ("\nlast output:\n  " + "\n  ".join(tail)) if tail else ""
 
+    def _stuck_at(self) -> str:
+        """The submission's innermost frame in the stack the worker dumped before the timeout."""
+        if self.log is None:
+            return ""
+        deadline = time.monotonic() + 0.5  # the dump is due 10% before the grader's deadline
+        while time.monotonic() < deadline:
+            size = os.fstat(self.log.fileno()).st_size
+            start = max(self.log_mark, size - 8000)  # this call's output only
+            text = os.pread(self.log.fileno(), size - start, start).decode("utf-8", "replace")
+            if "most recent call first" in text:
+                dump = text[text.rindex("most recent call first"):]
+                found = re.search(r'File "[^"]*/submission/([^"]+)", line (\d+) in (\S+)', dump)
+                return f"; it was at {found[1]} line {found[2]}, in {found[3]}" if found else ""
+            time.sleep(0.05)
+        return ""
+
     def _die(self, kind: str, message: str):
         self._kill()
         self.restarts += 1
@@ -284,7 +301,7 @@ class Worker:
         if self.phase.startswith("while importing"):
             self.broken_modules[self.phase_module] = f"timed out {self.phase}"
         message = (f"timed out after {self.current_timeout:g} s {self.phase} "
-                   f"(an endless loop, or far too slow?)")
+                   f"(an endless loop, or far too slow?){self._stuck_at()}")
         if not self.phase.startswith("while importing"):
             self._strike("timed out", message)
         self._die("timeout", message)
@@ -332,9 +349,10 @@ class Worker:
         if self.proc is None or self.proc.poll() is not None:
             self.start()
         self.current_timeout = timeout or self.timeout
+        self.log_mark = os.fstat(self.log.fileno()).st_size
         self._next_id += 1
         request = {"id": self._next_id, "target": target, "args": list(args), "kwargs": kwargs,
-                   "max_bytes": self.max_reply_bytes}
+                   "max_bytes": self.max_reply_bytes, "timeout": self.current_timeout}
         buf = io.BytesIO()
         torch.save(request, buf)
         data = buf.getvalue()

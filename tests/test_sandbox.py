@@ -9,6 +9,7 @@ import textwrap
 import pytest
 import torch
 
+from autograder.isolation import UID_POOL, privilege_drop_available
 from autograder.sandbox import SubmissionError, Worker
 
 
@@ -30,6 +31,7 @@ def submission(tmp_path):
         def huge(): return torch.zeros(64 << 20)  # 256 MiB
         def grab(): return torch.empty(1 << 40)  # 4 TiB of address space
         def env(): return os.environ.get("SECRET", "") + "|" + os.getcwd()
+        def who(): return [os.getuid(), os.getgid(), os.getgroups()]
     """))
     return tmp_path
 
@@ -128,3 +130,19 @@ def test_reply_that_is_not_plain_data_is_refused(submission):
             w._read_frame(deadline=time.monotonic() + 10, what="mod.double")
         assert err.value.kind == "bad-reply" and "could not be read as plain tensors" in str(err.value)
         os.close(write_fd)
+
+
+@pytest.mark.skipif(not privilege_drop_available(), reason="needs root and a Python the pool uid can run")
+def test_as_root_the_worker_is_an_unprivileged_pool_uid(submission):
+    with Worker(submission) as w:
+        uid, gid, groups = w.call("mod.who")
+        assert uid in UID_POOL and gid == uid and groups == []
+        assert w.isolation()["user"].startswith(f"unprivileged uid {uid}")
+        assert not os.stat(submission).st_mode & 0o007  # the original is private now
+
+
+def test_the_report_says_when_a_protection_is_missing(submission):
+    with Worker(submission, drop_privileges=False) as w:
+        uid, _, _ = w.call("mod.who")
+        assert uid == os.getuid()
+        assert w.isolation()["user"].startswith("unavailable")
