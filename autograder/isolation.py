@@ -213,9 +213,15 @@ def drop_to(uid: int) -> None:
 
 
 def site_dirs() -> list[str]:
-    """The grader's own site-packages, which the worker's interpreter adds to its path."""
-    dirs = [d for d in site.getsitepackages() if os.path.isdir(d)]
-    return list(dict.fromkeys(dirs))
+    """Where the grader's packages live (its site-packages, and wherever torch and numpy
+    came from, e.g. PYTHONPATH, which ``python -I`` ignores): the worker puts these first on
+    its path. Never the course folder, which holds the solutions."""
+    import numpy
+    import torch
+
+    found = [*site.getsitepackages(), *(os.path.dirname(os.path.dirname(m.__file__)) for m in (torch, numpy))]
+    dirs = [os.path.realpath(d) for d in found if os.path.isdir(d)]
+    return [d for d in dict.fromkeys(dirs) if not (str(ROOT) + os.sep).startswith(d + os.sep)]
 
 
 def interpreter_for(uid: int) -> tuple[str | None, str]:
@@ -310,7 +316,7 @@ class IsolationPlan:
 
     @classmethod
     def decide(cls, lease: UidLease | None, protect: list) -> "IsolationPlan":
-        plan = cls(network=network_namespace_available())
+        plan = cls(network=network_namespace_available(), site_dirs=site_dirs())
         if not plan.network:
             plan.unavailable["network"] = ("unavailable: the system refused a network namespace, "
                                            "so the worker shares the grader's network")
@@ -325,7 +331,7 @@ class IsolationPlan:
             plan.unavailable["user"] = ("unavailable: no Python the unprivileged user can run was found, "
                                         f"so the worker runs as root ({why})")
             return plan
-        plan.python, plan.uid, plan.site_dirs = python, lease.uid, site_dirs()
+        plan.python, plan.uid = python, lease.uid
         make_private(protect, keep=[python, os.path.realpath(python), *plan.site_dirs])
         plan.private = True
         return plan

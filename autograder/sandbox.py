@@ -310,6 +310,9 @@ class Worker:
         output = self._output_tail()
         status = self._kill()
         self.restarts += 1
+        if self.phase == "while starting":  # no student code has run yet: the grader's own setup
+            raise SubmissionError(f"grader error: the worker could not start (exit status {status}); "
+                                  f"please report it to the course staff{output}", "crash")
         if status is None:
             how = "closed its connection"
         elif status == 0:
