@@ -38,10 +38,11 @@ mkdir -p "$RESULTS"
 # the student's files: an exercises/ folder anywhere in the upload, else the .py files at its top
 WORK="$(mktemp -d)"
 FOUND="$(find "$ROOT/submission" -type d -name exercises -not -path '*/.*' | head -n 1)"
+# -P: a symbolic link stays a link (root following it could copy the solutions in)
 if [ -n "$FOUND" ]; then
-  cp -r "$FOUND"/. "$WORK"/
+  cp -RP "$FOUND"/. "$WORK"/
 else
-  find "$ROOT/submission" -maxdepth 1 -name '*.py' -exec cp {} "$WORK"/ \\;
+  find "$ROOT/submission" -maxdepth 1 -name '*.py' -exec cp -P {} "$WORK"/ \\;
 fi
 cd "$COURSE"
 if ! "$PYTHON" -m autograder grade --submission "$WORK" --gradescope "$RESULTS/results.json" \\

@@ -238,6 +238,11 @@ def interpreter_for(uid: int) -> tuple[str | None, str]:
     for candidate in dict.fromkeys(candidates):
         if not os.path.exists(candidate):
             continue
+        if (os.path.realpath(candidate) + os.sep).startswith(str(ROOT) + os.sep) or \
+                (os.path.abspath(candidate) + os.sep).startswith(str(ROOT) + os.sep):
+            # a venv made with --copies inside the course: made private with the course
+            tried.append(f"{candidate}: inside the course folder")
+            continue
         try:
             out = subprocess.run([candidate, "-I", "-c", probe, *site_dirs()], capture_output=True,
                                  text=True, timeout=120, cwd="/", preexec_fn=lambda: drop_to(uid),

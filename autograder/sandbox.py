@@ -149,7 +149,9 @@ class Worker:
         for name in ("worker.py", "adapters.py"):
             shutil.copy(HERE / name, self.workdir)
         # the worker imports a copy: whatever the code does to its own files ends with this worker
-        copy = shutil.copytree(self.submission, os.path.join(self.workdir, "submission"),
+        # links stay links (symlinks=True): followed by root here, a link to solutions/ would
+        # hand the worker the reference; followed by the worker's uid, it is refused
+        copy = shutil.copytree(self.submission, os.path.join(self.workdir, "submission"), symlinks=True,
                                ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".git"))
         if plan.uid is not None:  # the worker's own folder, and nothing else, belongs to its uid
             for folder, dirs, files in os.walk(self.workdir):

@@ -81,7 +81,11 @@ class Submission:
     def module(self, name):
         full = f"{PACKAGE}.{name}"
         if full not in sys.modules:
-            if not os.path.exists(os.path.join(self.folder, name + ".py")):
+            path = os.path.join(self.folder, name + ".py")
+            if os.path.islink(path) and not os.path.exists(path):
+                raise MissingName(f"{name}.py is a symbolic link to {os.readlink(path)}, which the "
+                                  f"grader may not read or which does not exist; submit the file itself")
+            if not os.path.exists(path):
                 raise MissingName(f"the submission has no file {name}.py")
             self.events({"event": "importing", "module": name})
             module = importlib.import_module(full)

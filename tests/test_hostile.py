@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import tempfile
 import time
@@ -16,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from autograder.isolation import UID_POOL, privilege_drop_available, process_table
+from autograder.isolation import privilege_drop_available, process_table
 from autograder.sandbox import network_namespace_available
 from tests.conftest import FIXTURES, ROOT, results, run_grader
-from tests.fixtures.hostile import HOSTILE, PREPEND
+from tests.fixtures.hostile import HOSTILE, LINK, PREPEND
 
 CALL_TIMEOUT = 3  # seconds per call: the correct functions here take milliseconds
 MARK = f"4321.{random.randrange(10**8):08d}"  # sleep accepts it; unique to this run
@@ -43,8 +44,8 @@ def course():
 
 
 def fingerprint(folder: Path) -> dict:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {str(p.relative_to(folder)): os.readlink(p) if p.is_symlink() else hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() or p.is_symlink()}
 
 
 def build(folder: Path, name: str, course: Path, report: Path) -> Path:
@@ -52,14 +53,20 @@ def build(folder: Path, name: str, course: Path, report: Path) -> Path:
     code = code.replace("COURSE", str(course)).replace("REPORT", str(report)).replace("MARK", MARK)
     base = (FIXTURES / "variants" / "einsum" / "attention.py").read_text()
     folder.mkdir()
-    (folder / "attention.py").write_text(code + base if where == PREPEND else base + "\n\n" + code)
+    if where == LINK:
+        (folder / "attention.py").symlink_to(code)
+    else:
+        (folder / "attention.py").write_text(code + base if where == PREPEND else base + "\n\n" + code)
+    for name, text in HOSTILE[name].get("extra", {}).items():
+        (folder / name).write_text(text)
     return folder
 
 
-def leftovers() -> list[str]:
-    """Processes and files of any hostile run: by the mark, and by the grading uids."""
+def leftovers(report: dict) -> list[str]:
+    """Processes and files of a hostile run: by the mark, and by the uid its worker ran as."""
+    used = re.match(r"unprivileged uid (\d+)", report["isolation"]["user"])
     found = [f"pid {pid}: {command}" for pid, (_, uid, command) in process_table().items()
-             if uid in UID_POOL or MARK in _cmdline(pid)]
+             if (used and uid == int(used[1])) or MARK in _cmdline(pid)]
     return found + [f"/{d}/{MARK}" for d in ("tmp", "dev/shm") if os.path.exists(f"/{d}/{MARK}")]
 
 
@@ -117,7 +124,7 @@ def test_hostile_submission_is_graded_safely(tmp_path, name, course):
         # bounded: a hanging function costs at most two timeouts, a broken import one start
         assert elapsed < 60, f"grading took {elapsed:.0f} s"
         assert after == before, "the course copy or the submission's originals changed"
-        assert leftovers() == [], "left running or lying around after grading"
+        assert leftovers(report) == [], "left running or lying around after grading"
     finally:
         for path in (f"/tmp/{MARK}", f"/dev/shm/{MARK}"):  # without root nobody removes them
             if os.path.exists(path):
@@ -177,4 +184,4 @@ def repeat_kv(x, n_rep):
                if n.startswith(("causal_mask", "repeat_kv")))
     assert all(t["status"] == "passed" for n, t in by_name.items() if n.startswith("softmax"))
     assert (fingerprint(classroom / "alice"), fingerprint(classroom / "bob")) == before
-    assert leftovers() == []
+    assert all(leftovers(report) == [] for report in reports.values())

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from autograder import release
+from autograder.isolation import privilege_drop_available
 from tests.conftest import FIXTURES, ROOT
 
 pytestmark = pytest.mark.slow
@@ -107,6 +108,9 @@ def test_gradescope_package_in_a_simulated_autograder_tree(tmp_path):
     shutil.copytree(ROOT / "solutions", upload)
     attention = upload / "attention.py"
     attention.write_text(attention.read_text().replace("scale = 1.0 / math.sqrt(d_k)", "scale = 1.0"))
+    # and a link to the hidden reference: run_autograder must copy it as a link, not as the file
+    (upload / "rope.py").unlink()
+    (upload / "rope.py").symlink_to(source / "course" / "solutions" / "rope.py")
     env = dict(os.environ, AUTOGRADER_ROOT=str(root), AUTOGRADER_PYTHON=sys.executable)
     proc = subprocess.run(["bash", str(source / "run_autograder")], env=env, capture_output=True, text=True,
                           timeout=600)
@@ -118,6 +122,10 @@ def test_gradescope_package_in_a_simulated_autograder_tree(tmp_path):
     assert 0 < results["score"] < sum(t["max_score"] for t in tests.values())
     assert tests["attention: sdpa_values[batch-heads]"]["status"] == "failed"
     assert "not scaled by 1/sqrt(d_k)" in tests["attention: sdpa_values[batch-heads]"]["output"]
+    if privilege_drop_available():  # without it the worker may follow the link (threat model)
+        rope = [t for name, t in tests.items() if name.startswith("rope:")]
+        assert rope and all(t["score"] == 0 for t in rope)
+        assert "rope.py is a symbolic link" in tests["rope: rope_cos_sin_values[4]"]["output"]
     hidden = [t for t in tests.values() if t["visibility"] == "after_published"]
     assert hidden and all(t["name"].startswith("kv_cache: greedy_generation") for t in hidden)
 
