@@ -74,6 +74,9 @@ class Worker:
         # that did so twice is not run again, so a broken function costs bounded time
         self.strikes: dict[str, tuple[int, str, str]] = {}
         self.current_key = ""
+        # (file, function) where timed-out calls were stuck -> (how often, last line): the
+        # worker fails later calls into such a function at once (worker.hang_guard)
+        self.hung: dict[tuple[str, str], tuple[int, int]] = {}
 
         self.restarts = 0
         self._next_id = 0
@@ -283,7 +286,11 @@ class Worker:
             if "most recent call first" in text:
                 dump = text[text.rindex("most recent call first"):]
                 found = re.search(r'File "[^"]*/submission/([^"]+)", line (\d+) in (\S+)', dump)
-                return f"; it was at {found[1]} line {found[2]}, in {found[3]}" if found else ""
+                if not found:
+                    return ""
+                where = (found[1], found[3])  # a loop's line varies: count by function
+                self.hung[where] = (self.hung.get(where, (0, 0))[0] + 1, int(found[2]))
+                return f"; it was at {found[1]} line {found[2]}, in {found[3]}"
             time.sleep(0.05)
         return ""
 
@@ -356,8 +363,11 @@ class Worker:
         self.current_timeout = timeout or self.timeout
         self.log_mark = os.fstat(self.log.fileno()).st_size
         self._next_id += 1
+        hung = [{"file": file, "function": function, "line": line,
+                 "message": f"{file} line {line}, in {function}, already timed out {count} times"}
+                for (file, function), (count, line) in self.hung.items() if count >= self.max_strikes_per_target]
         request = {"id": self._next_id, "target": target, "args": list(args), "kwargs": kwargs,
-                   "max_bytes": self.max_reply_bytes, "timeout": self.current_timeout}
+                   "max_bytes": self.max_reply_bytes, "timeout": self.current_timeout, "hung": hung}
         buf = io.BytesIO()
         torch.save(request, buf)
         data = buf.getvalue()
@@ -419,6 +429,9 @@ class Worker:
             return SubmissionError(text + trace, "exception")
         if kind == "NotImplementedError":
             return SubmissionError(f"not implemented: {message or 'NotImplementedError'}", "not-implemented")
+        if kind == "HungEarlier":
+            return SubmissionError(f"not run: {self._name(target)} reached {message} in earlier tests",
+                                   "timeout")
         if kind == "MissingName":
             return SubmissionError(f"missing: {message}", "missing")
         if kind == "MemoryError" or "can't allocate memory" in message or "out of memory" in message:

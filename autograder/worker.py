@@ -148,6 +148,38 @@ def describe(exc, folder):
             "traceback": "".join(lines)[-4000:]}
 
 
+class HungEarlier(Exception):
+    """Raised on entry to a submission function that already hung in earlier tests."""
+
+
+def hang_guard(folder, hung):
+    """A trace function that fails a call at once when it enters a function the grader saw
+    stuck twice (``hung``: dicts of file, function and the line it was stuck at), so one
+    endless loop does not cost a full timeout in every later test that reaches it."""
+    verdicts = {}
+
+    def blocked(code):
+        if not code.co_filename.startswith(folder + os.sep):
+            return ""
+        lines = [line for _, _, line in code.co_lines() if line is not None]
+        for entry in hung:
+            if (code.co_name == entry["function"] and code.co_filename.endswith(os.sep + entry["file"])
+                    and lines and min(lines) <= entry["line"] <= max(lines)):
+                return entry["message"]
+        return ""
+
+    def trace(frame, event, arg):
+        if event == "call":
+            code = frame.f_code
+            if code not in verdicts:
+                verdicts[code] = blocked(code)
+            if verdicts[code]:
+                raise HungEarlier(verdicts[code])
+        return None
+
+    return trace
+
+
 def seed_everything():
     """Every call starts from the same random state, so grading twice gives one report
     even for code that draws random numbers."""
@@ -187,6 +219,7 @@ def main():
         MAX_REPLY_BYTES[0] = request.get("max_bytes", MAX_REPLY_BYTES[0])
         if request.get("timeout"):  # just before the grader gives up: where it is stuck, to the log
             faulthandler.dump_traceback_later(max(0.1, 0.9 * request["timeout"] - 0.1), file=sys.stderr)
+        sys.settrace(hang_guard(submission.folder, request["hung"]) if request.get("hung") else None)
         try:
             target = request["target"]
             if target.startswith("@"):
@@ -200,6 +233,7 @@ def main():
             reply.update(ok=True, value=to_wire(value))
         except BaseException as exc:  # SystemExit and KeyboardInterrupt too: report, live on
             reply.update(ok=False, error=describe(exc, submission.folder))
+        sys.settrace(None)
         faulthandler.cancel_dump_traceback_later()
         reply["threads"] = threads_left_running()
         send(resp_fd, reply)

@@ -32,6 +32,11 @@ def submission(tmp_path):
         def grab(): return torch.empty(1 << 40)  # 4 TiB of address space
         def env(): return os.environ.get("SECRET", "") + "|" + os.getcwd()
         def who(): return [os.getuid(), os.getgid(), os.getgroups()]
+        def spin():
+            while True:
+                pass
+        def via_a(): return spin()
+        def via_b(): return [spin()]
     """))
     return tmp_path
 
@@ -84,6 +89,22 @@ def test_a_target_that_keeps_hanging_is_not_run_again(submission):
         with pytest.raises(SubmissionError, match="already crashed the worker 2 times"):
             w.call("mod.leave")
         assert w.call("mod.count") == 1  # other targets still run
+
+
+def test_a_call_that_reaches_a_function_that_hung_twice_fails_at_once(submission):
+    """The stack dumped before each timeout says where the code was stuck; after two hangs
+    in mod.spin, a different target that calls it fails on entering it, not after a timeout."""
+    with Worker(submission, timeout=1, max_strikes_per_target=2) as w:
+        for target in ("mod.via_a", "mod.spin"):
+            with pytest.raises(SubmissionError, match="it was at mod.py line .*, in spin"):
+                w.call(target)
+        started = time.monotonic()
+        with pytest.raises(SubmissionError) as err:
+            w.call("mod.via_b")
+        assert time.monotonic() - started < 0.9  # less than the timeout: it never spun
+        assert err.value.kind == "timeout"
+        assert "not run: mod.via_b reached mod.py line" in str(err.value) and "in spin" in str(err.value)
+        assert w.call("mod.count") == 1  # the rest still runs
 
 
 def test_oversized_reply_is_refused(submission):
