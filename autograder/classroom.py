@@ -78,8 +78,11 @@ def grade_class(submissions: Path, out_csv: Path, jobs: int = 1, force: bool = F
     if running_as_root():
         # each worker runs as an unprivileged uid: keep the other students' files and the
         # reports out of its reach (chmod o-rwx; owner and group are unchanged)
-        make_private([Path(submissions).resolve(), reports],
-                     keep=[sys.executable, os.path.realpath(sys.executable), *site_dirs()])
+        failed = make_private([Path(submissions).resolve(), reports],
+                              keep=[sys.executable, os.path.realpath(sys.executable), *site_dirs()])
+        if failed:
+            console.print(f"[bold red]warning:[/] could not make these private, so other students' "
+                          f"workers may read them: {'; '.join(failed[:5])}")
     rows, exercises = [], []
     with Progress(TextColumn("[bold]grading"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TextColumn("{task.description}"), console=console) as progress:

@@ -263,8 +263,9 @@ def make_private(paths, keep: list[str]) -> list[str]:
     """chmod o-rwx on each path, so the worker's uid (not owner, not in the group) cannot
     read or enter it. A directory on the way to something the worker needs (``keep``: its
     interpreter and site-packages) keeps o+x, loses only listing; its other entries are
-    made private one by one."""
-    changed = []
+    made private one by one. Returns what could not be changed (a read-only file system,
+    one without Unix modes), each with the reason, for the report."""
+    failed = []
     keep = [os.path.realpath(k) for k in keep]
     for path in paths:
         # never through a symlink: chmod would follow it and change its target
@@ -274,14 +275,16 @@ def make_private(paths, keep: list[str]) -> list[str]:
         needed_inside = [k for k in keep if k == path or k.startswith(path + os.sep)]
         if any(k == path for k in needed_inside):
             continue
-        mode = os.stat(path).st_mode
-        if needed_inside and os.path.isdir(path):
-            os.chmod(path, (mode & ~0o007) | 0o001)
-            changed += make_private([os.path.join(path, e) for e in os.listdir(path)], keep)
-        elif mode & 0o007:
-            os.chmod(path, mode & ~0o007)
-            changed.append(path)
-    return changed
+        try:
+            mode = os.stat(path).st_mode
+            if needed_inside and os.path.isdir(path):
+                os.chmod(path, (mode & ~0o007) | 0o001)
+                failed += make_private([os.path.join(path, e) for e in os.listdir(path)], keep)
+            elif mode & 0o007:
+                os.chmod(path, mode & ~0o007)
+        except OSError as exc:
+            failed.append(f"{path} ({exc.strerror or exc})")
+    return failed
 
 
 def remove_files_of(uid: int) -> list[str]:
@@ -316,7 +319,7 @@ class IsolationPlan:
     uid: int | None = None
     network: bool = False
     reaping: bool = False
-    private: bool = False
+    not_private: list[str] = field(default_factory=list)  # what chmod could not protect
     unavailable: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -337,18 +340,23 @@ class IsolationPlan:
                                         f"so the worker runs as root ({why})")
             return plan
         plan.python, plan.uid = python, lease.uid
-        make_private(protect, keep=[python, os.path.realpath(python), *plan.site_dirs])
-        plan.private = True
+        plan.not_private = make_private(protect, keep=[python, os.path.realpath(python), *plan.site_dirs])
         return plan
 
     def summary(self) -> dict:
-        user = (f"unprivileged uid {self.uid} (no groups); the course files and the submission's originals "
-                f"are private to their owner; every process of that uid is killed and its files in "
-                f"{', '.join(SHARED_TMP)} removed when the worker ends; at most {MAX_PROCESSES} processes "
-                f"and threads" if self.uid is not None else self.unavailable.get("user", ""))
+        user = (f"unprivileged uid {self.uid} (no groups); every process of that uid is killed and its "
+                f"files in {', '.join(SHARED_TMP)} removed when the worker ends; at most {MAX_PROCESSES} "
+                f"processes and threads" if self.uid is not None else self.unavailable.get("user", ""))
         processes = ("the worker's process group is killed after a timeout or crash; a call that leaves a "
-                     "process or thread running fails and the worker restarts; "
-                     + ("orphans that escape the group are reparented to the grader and killed" if self.reaping
-                        else "unavailable: orphans that escape the group cannot be traced on this system"))
-        return {"user": user, "network": "own empty network namespace" if self.network
-                else self.unavailable["network"], "processes": processes}
+                     "process or thread running fails and the worker restarts")
+        processes = (processes + "; orphans that escape the group are reparented to the grader and killed"
+                     if self.reaping else
+                     "unavailable: orphans that escape the group cannot be traced on this system; " + processes)
+        summary = {"user": user, "network": "own empty network namespace" if self.network
+                   else self.unavailable["network"], "processes": processes}
+        if self.uid is not None:
+            summary["course files"] = (
+                "the course folder and the submission's originals are private to their owner (chmod o-rwx)"
+                if not self.not_private else "unavailable in part: chmod failed on "
+                + "; ".join(self.not_private[:3]) + ", so the worker may read those")
+        return summary

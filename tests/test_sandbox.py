@@ -167,3 +167,20 @@ def test_the_report_says_when_a_protection_is_missing(submission):
         uid, _, _ = w.call("mod.who")
         assert uid == os.getuid()
         assert w.isolation()["user"].startswith("unavailable")
+
+
+def test_files_that_cannot_be_made_private_are_reported(tmp_path, monkeypatch):
+    """A read-only or mode-less file system: the report says which paths stayed open."""
+    from autograder import isolation
+
+    (tmp_path / "solutions").mkdir()
+    tmp_path.chmod(0o755)  # readable by others: needs a chmod, which fails
+
+    def refuse(path, mode):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(isolation.os, "chmod", refuse)
+    failed = isolation.make_private([tmp_path], keep=[])
+    assert failed == [f"{tmp_path} (Read-only file system)"]
+    plan = isolation.IsolationPlan(uid=61000, network=True, reaping=True, not_private=failed)
+    assert plan.summary()["course files"].startswith("unavailable in part: chmod failed on " + str(tmp_path))
