@@ -5,11 +5,13 @@ from a fresh temporary directory that holds a copy of this file and ``adapters.p
 neither the grader's files nor the reference solutions are on its import path.
 
 Protocol: each frame is an 8-byte big-endian length and a ``torch.save`` payload.
-Requests are ``{"id", "target", "args", "kwargs"}``; ``target`` is ``"module.name"`` (a
+Requests are ``{"id", "target", "args", "kwargs", "max_bytes", "timeout", "hung"}`` (the
+reply size limit, the grader's timeout, functions that hung twice before); ``target`` is ``"module.name"`` (a
 function of the submission) or ``"@adapter"`` (trusted code in ``adapters.py`` that builds
 a student's module, runs it and returns tensors). Before importing a module or calling a
 target the worker sends an event frame, so the grader can say where a hang or a crash
-happened. Replies are ``{"id", "ok": True, "value"}`` or ``{"id", "ok": False, "error"}``.
+happened. Replies are ``{"id", "ok": True, "value"}`` or ``{"id", "ok": False, "error"}``, with
+``"threads"``: the Python threads the call left running.
 The grader loads every frame with ``torch.load(weights_only=True)``: nothing but tensors
 and plain containers can come back, whatever the submission does to this process.
 """
