@@ -404,7 +404,7 @@ class Worker:
         change values after they are checked, or slow down the next tests."""
         found = strays(self.proc.pid, self.plan.uid, self.plan.reaping)
         if found:
-            names = ", ".join(f"pid {pid}: {command}" for pid, command in list(found.items())[:3])
+            names = ", ".join(sorted(found.values())[:3])  # no pids: the same report every time
             what = f"{len(found)} background process{'es' if len(found) > 1 else ''} ({names})"
         elif isinstance(threads, list) and threads:
             what = f"{len(threads)} thread{'s' if len(threads) > 1 else ''} ({', '.join(map(str, threads[:3]))})"

@@ -132,11 +132,12 @@ def test_hostile_submission_is_graded_safely(tmp_path, name, course):
 
 
 @pytest.mark.slow
-def test_grading_twice_gives_the_same_report(tmp_path, course):
-    """Random noise in a submission: the same wrong values, the same messages, both times."""
+@pytest.mark.parametrize("name", ["nondeterministic_softmax", "leaves_an_orphan_process"])
+def test_grading_twice_gives_the_same_report(tmp_path, course, name):
+    """Random noise, or a process left behind: the same values, the same messages, both times."""
     reports = []
     for attempt in ("first", "second"):
-        proc, report, *_ = grade_hostile(tmp_path / attempt, "nondeterministic_softmax", course)
+        proc, report, *_ = grade_hostile(tmp_path / attempt, name, course)
         assert proc.returncode == 0, proc.stderr[-2000:]
         for exercise in report["exercises"]:
             for test in exercise["tests"]:
