@@ -117,14 +117,12 @@ def strays(worker_pid: int, uid: int | None, reaping: bool) -> dict[int, str]:
     return found
 
 
-def kill_strays(worker_pid: int, uid: int | None, reaping: bool, rounds: int = 20) -> dict[int, str]:
+def kill_strays(worker_pid: int, uid: int | None, reaping: bool, rounds: int = 20) -> None:
     """SIGKILL every stray until none is left (a fork loop may race the first rounds)."""
-    seen: dict[int, str] = {}
     for _ in range(rounds):
         found = strays(worker_pid, uid, reaping)
         if not found:
             break
-        seen.update(found)
         for pid in found:
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -134,7 +132,6 @@ def kill_strays(worker_pid: int, uid: int | None, reaping: bool, rounds: int = 2
             kill_uid(uid)
         time.sleep(0.02)
         reap(found)
-    return seen
 
 
 def reap(pids) -> None:

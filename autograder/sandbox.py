@@ -24,9 +24,8 @@ from pathlib import Path
 
 import torch
 
-from .isolation import (MAX_PROCESSES, ROOT, IsolationPlan, UidLease, become_subreaper, drop_to, kill_strays,  # noqa: F401
-                        network_namespace_available, remove_files_of, running_as_root, strays,
-                        unshare_network)
+from .isolation import (MAX_PROCESSES, ROOT, IsolationPlan, UidLease, become_subreaper, drop_to, kill_strays,
+                        remove_files_of, running_as_root, strays, unshare_network)
 
 HERE = Path(__file__).resolve().parent
 GiB = 1 << 30
@@ -39,17 +38,6 @@ class SubmissionError(Exception):
     def __init__(self, message: str, kind: str):
         super().__init__(message)
         self.kind = kind  # not-implemented | missing | exception | timeout | crash | memory | bad-reply | background
-
-
-def isolation_summary(memory_bytes: int, plan: IsolationPlan) -> dict:
-    """What protects the grade on this system, and what is unavailable here (reported)."""
-    return {
-        "separate process": "student code runs only in the worker; replies load with weights_only=True",
-        "resource limits": f"address space {memory_bytes / GiB:.1f} GiB, CPU time, file size, no core dumps; "
-                           f"per-call timeouts",
-        "files": "the worker runs from a private temporary folder with a copy of the submission",
-        **plan.summary(),
-    }
 
 
 class Worker:
@@ -140,9 +128,16 @@ class Worker:
             self.plan = IsolationPlan.decide(self.lease, protect=[ROOT, self.submission])
 
     def isolation(self) -> dict:
-        """The protections this worker runs under (decided now if it has not started yet)."""
+        """What protects the grade here, and what this system could not give (for the report);
+        decided now if the worker has not started yet."""
         self._decide_isolation()
-        return isolation_summary(self.memory_bytes, self.plan)
+        return {
+            "separate process": "student code runs only in the worker; replies load with weights_only=True",
+            "resource limits": f"address space {self.memory_bytes / GiB:.1f} GiB, CPU time, file size, "
+                               f"no core dumps; per-call timeouts",
+            "files": "the worker runs from a private temporary folder with a copy of the submission",
+            **self.plan.summary(),
+        }
 
     def start(self):
         self._stop()
@@ -274,10 +269,11 @@ class Worker:
         tail = [line for line in text.splitlines() if line.strip()][-lines:]
         return ("\nlast output:\n  " + "\n  ".join(tail)) if tail else ""
 
-    def _stuck_at(self) -> str:
-        """The submission's innermost frame in the stack the worker dumped before the timeout."""
+    def _stuck_frame(self) -> tuple[str, str, int] | None:
+        """(file, function, line): the submission's innermost frame in the stack the worker
+        dumped just before the timeout, if it did."""
         if self.log is None:
-            return ""
+            return None
         deadline = time.monotonic() + 0.5  # the dump is due 10% before the grader's deadline
         while time.monotonic() < deadline:
             size = os.fstat(self.log.fileno()).st_size
@@ -286,13 +282,9 @@ class Worker:
             if "most recent call first" in text:
                 dump = text[text.rindex("most recent call first"):]
                 found = re.search(r'File "[^"]*/submission/([^"]+)", line (\d+) in (\S+)', dump)
-                if not found:
-                    return ""
-                where = (found[1], found[3])  # a loop's line varies: count by function
-                self.hung[where] = (self.hung.get(where, (0, 0))[0] + 1, int(found[2]))
-                return f"; it was at {found[1]} line {found[2]}, in {found[3]}"
+                return (found[1], found[3], int(found[2])) if found else None
             time.sleep(0.05)
-        return ""
+        return None
 
     def _die(self, kind: str, message: str):
         self._kill()
@@ -309,8 +301,13 @@ class Worker:
             self._die("timeout", f"the worker did not start within {self.startup_timeout:.0f} s")
         if self.phase.startswith("while importing"):
             self.broken_modules[self.phase_module] = f"timed out {self.phase}"
-        message = (f"timed out after {self.current_timeout:g} s {self.phase} "
-                   f"(an endless loop, or far too slow?){self._stuck_at()}")
+        message = f"timed out after {self.current_timeout:g} s {self.phase} (an endless loop, or far too slow?)"
+        stuck = self._stuck_frame()
+        if stuck:
+            file, function, line = stuck
+            message += f"; it was at {file} line {line}, in {function}"
+            count = self.hung.get((file, function), (0, 0))[0]  # a loop's line varies: count by function
+            self.hung[(file, function)] = (count + 1, line)
         if not self.phase.startswith("while importing"):
             self._strike("timed out", message)
         self._die("timeout", message)
@@ -394,12 +391,12 @@ class Worker:
                 break
             else:
                 self._die("bad-reply", f"{self.phase}: an unexpected reply came back")
-        self._check_background(target, frame.get("threads"))
+        self._check_background(frame.get("threads"))
         if frame.get("ok") is True:
             return frame.get("value")
         raise self._error(target, frame.get("error") or {})
 
-    def _check_background(self, target: str, threads):
+    def _check_background(self, threads):
         """A call must leave nothing running: a process or thread that outlives it could
         change values after they are checked, or slow down the next tests."""
         found = strays(self.proc.pid, self.plan.uid, self.plan.reaping)

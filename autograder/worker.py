@@ -37,7 +37,6 @@ import types  # noqa: E402
 import torch  # noqa: E402
 
 PACKAGE = "submission"  # the submission's folder is imported as this package
-MAX_REPLY_BYTES = [1 << 62]  # set by each request; the grader checks again on its side
 
 
 def read_exact(fd, n):
@@ -112,13 +111,14 @@ class MissingName(Exception):
     pass
 
 
-def to_wire(value, path="result"):
-    """Plain tensors and containers only; anything else is an error the student reads."""
+def to_wire(value, max_bytes, path="result"):
+    """Plain tensors and containers only; anything else is an error the student reads.
+    A tensor above ``max_bytes`` is refused before it is copied (the grader checks again)."""
     if type(value) is torch.Tensor or type(value) is torch.nn.Parameter:
-        if value.nelement() * value.element_size() > MAX_REPLY_BYTES[0]:  # before copying it
+        if value.nelement() * value.element_size() > max_bytes:
             raise ValueError(f"{path} is a tensor of shape {tuple(value.shape)} "
                              f"({value.nelement() * value.element_size() / 2**20:.0f} MiB), more than "
-                             f"the {MAX_REPLY_BYTES[0] / 2**20:.0f} MiB a reply may hold")
+                             f"the {max_bytes / 2**20:.0f} MiB a reply may hold")
         # a contiguous copy: a view would otherwise ship its whole storage
         return value.detach().clone(memory_format=torch.contiguous_format)
     if isinstance(value, torch.Tensor):
@@ -127,10 +127,10 @@ def to_wire(value, path="result"):
     if value is None or type(value) in (bool, int, float, str):
         return value
     if type(value) in (list, tuple):
-        items = [to_wire(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        items = [to_wire(v, max_bytes, f"{path}[{i}]") for i, v in enumerate(value)]
         return items if type(value) is list else tuple(items)
     if type(value) is dict:
-        return {str(k): to_wire(v, f"{path}[{k!r}]") for k, v in value.items()}
+        return {str(k): to_wire(v, max_bytes, f"{path}[{k!r}]") for k, v in value.items()}
     if type(value) is torch.Size:
         return tuple(value)
     if type(value) is torch.dtype:
@@ -219,7 +219,6 @@ def main():
             return
         reply = {"id": request["id"]}
         seed_everything()
-        MAX_REPLY_BYTES[0] = request.get("max_bytes", MAX_REPLY_BYTES[0])
         if request.get("timeout"):  # just before the grader gives up: where it is stuck, to the log
             faulthandler.dump_traceback_later(max(0.1, 0.9 * request["timeout"] - 0.1), file=sys.stderr)
         sys.settrace(hang_guard(submission.folder, request["hung"]) if request.get("hung") else None)
@@ -233,7 +232,7 @@ def main():
                 function = submission.load(target)
                 send(resp_fd, {"event": "calling", "target": target})
                 value = function(*request["args"], **request["kwargs"])
-            reply.update(ok=True, value=to_wire(value))
+            reply.update(ok=True, value=to_wire(value, request["max_bytes"]))
         except BaseException as exc:  # SystemExit and KeyboardInterrupt too: report, live on
             reply.update(ok=False, error=describe(exc, submission.folder))
         sys.settrace(None)

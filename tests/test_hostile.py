@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from autograder.isolation import privilege_drop_available, process_table
-from autograder.sandbox import network_namespace_available
+from autograder.isolation import network_namespace_available, privilege_drop_available, process_table
 from tests.conftest import FIXTURES, ROOT, results, run_grader
 from tests.fixtures.hostile import HOSTILE, LINK, PREPEND
 
