@@ -7,6 +7,7 @@ followed by the request's arguments. The grader trusts none of the values that c
 it compares them with the reference itself.
 """
 import contextlib
+import resource
 
 import torch
 
@@ -275,23 +276,9 @@ def kv_cache_session(sub, init_kwargs, ops):
     return {"results": results, "cat_calls": cat_calls[0]}
 
 
-def _record_updates(sub):
-    """Patch the student's LayerKVCache.update to record the shapes it is given."""
-    layer_class = sub.load("kv_cache.LayerKVCache")
-    original = layer_class.update
-    shapes = []
-
-    def recording_update(self, k, v):
-        shapes.append(tuple(k.shape))
-        return original(self, k, v)
-
-    layer_class.update = recording_update
-    return shapes, lambda: setattr(layer_class, "update", original)
-
-
 def gpt_cached_logits(sub, config, state_dict, prompt, steps, *, dtype=None):
     """The student's GPT with the student's KVCache: prefill ``prompt``, then each (b, 1)
-    token of ``steps``. Returns the logits of every call and the shapes given to update."""
+    token of ``steps``. Returns the logits of every call."""
     model = _load_weights(_gpt(sub, config), state_dict, dtype, "GPT").eval()
     block = config["block"]
     total = prompt.shape[1] + sum(s.shape[1] for s in steps)
@@ -299,31 +286,130 @@ def gpt_cached_logits(sub, config, state_dict, prompt, steps, *, dtype=None):
         n_layers=config["n_layers"], batch_size=prompt.shape[0], max_seq_len=total,
         n_kv_heads=block.get("n_kv_heads") or block["n_heads"],
         head_dim=block["d_model"] // block["n_heads"], dtype=dtype or torch.float32)
-    shapes, restore = _record_updates(sub)
     logits, raised = [], ""
     try:
         with torch.no_grad():
             for tokens in [prompt, *steps]:
                 logits.append(model(tokens, cache=cache))
-    except Exception as exc:  # reported with the shapes seen so far, which often explain it
+    except Exception as exc:  # reported with the logits seen so far
         raised = f"{type(exc).__name__}: {str(exc)[:300]}"
-    finally:
-        restore()
-    return {"logits": logits, "update_shapes": shapes, "raised": raised}
+    return {"logits": logits, "raised": raised}
+
+
+class GraderLayerCache:
+    """A trusted, minimal LayerKVCache: holds exactly what it is given and checks its shape."""
+
+    def __init__(self, owner, k, v):
+        self.owner, self.k, self.v = owner, k, v
+
+    @property
+    def seq_len(self):
+        return self.k.shape[2]
+
+    def update(self, k, v):
+        expected = tuple(self.k.shape[:2]) + (tuple(self.k.shape[3:]))
+        for name, t in (("k", k), ("v", v)):
+            if not isinstance(t, torch.Tensor) or t.dim() != 4 or (t.shape[0], t.shape[1], t.shape[3]) != expected:
+                self.owner.rejected = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+                raise ValueError(f"LayerKVCache.update was given {name} of shape {self.owner.rejected}; this cache "
+                                 f"holds (batch, n_kv_heads, s, head_dim) = ({expected[0]}, {expected[1]}, s, {expected[2]})")
+        self.k = torch.cat([self.k, k.detach()], dim=2)
+        self.v = torch.cat([self.v, v.detach()], dim=2)
+        return self.k, self.v
+
+
+class GraderCache:
+    """A trusted KVCache preloaded by the grader: per layer (k, v) of (b, n_kv, L, head_dim)."""
+
+    def __init__(self, layers, max_seq_len):
+        self.layers = [GraderLayerCache(self, k, v) for k, v in layers]
+        self.n_layers, self.max_seq_len = len(layers), max_seq_len
+        self.batch_size, self.n_kv_heads, _, self.head_dim = layers[0][0].shape
+        self.rejected = None
+
+    def layer(self, i):
+        return self.layers[i]
+
+    @property
+    def seq_len(self):
+        return min(layer.seq_len for layer in self.layers)  # mid-step: the step's start
+
+
+def gpt_step_on_cache(sub, config, state_dict, cached, step, *, dtype=None):
+    """One step of the student's GPT on a trusted cache that the grader filled (and altered):
+    the logits must follow what the cache holds, and the cache must gain one position."""
+    model = _load_weights(_gpt(sub, config), state_dict, dtype, "GPT").eval()
+    cache = GraderCache(cached, max_seq_len=config["max_seq_len"])
+    raised = ""
+    logits = None
+    try:
+        with torch.no_grad():
+            logits = model(step, cache=cache)
+    except Exception as exc:
+        raised = f"{type(exc).__name__}: {str(exc)[:300]}"
+    return {"logits": logits, "cache": [(layer.k, layer.v) for layer in cache.layers],
+            "rejected": cache.rejected, "raised": raised}
 
 
 def gpt_generate(sub, config, state_dict, idx, max_new_tokens, *, dtype=None, seed=None, **kwargs):
-    """The student's ``generate`` on the student's GPT; records the length of every input
-    the model is called with (prefill once, then one token per step)."""
+    """The student's ``generate`` on the student's GPT."""
     model = _load_weights(_gpt(sub, config), state_dict, dtype, "GPT").eval()
-    lengths = []
-    model.register_forward_pre_hook(
-        lambda module, args, kw: lengths.append(int((args[0] if args else kw["idx"]).shape[1])),
-        with_kwargs=True)
     if seed is not None:
         kwargs["generator"] = torch.Generator().manual_seed(seed)
-    tokens = sub.load("kv_cache.generate")(model, idx, max_new_tokens, **kwargs)
-    return {"tokens": tokens, "input_lengths": lengths}
+    return {"tokens": sub.load("kv_cache.generate")(model, idx, max_new_tokens, **kwargs)}
+
+
+def probe_next_token(history, vocab_size):
+    """The probe model's rule: the next token after ``history`` (a list of ints). Depends on
+    every token and on their order, so a cache that lost, doubled or reordered a token, or
+    a call that saw only part of the past, shows up in the tokens."""
+    return (31 * sum((i + 1) * token for i, token in enumerate(history)) + 7 * len(history)) % vocab_size
+
+
+class ProbeLM(torch.nn.Module):
+    """A stand-in model for ``generate``: its next token is ``probe_next_token`` of everything
+    it can see (the cache's contents plus the new tokens), shifted by one whenever it is
+    called against the protocol. With ``use_cache``: a cache on every call, the prompt once,
+    then exactly one token per call. Without: no cache, the whole sequence every call. The
+    grader knows the tokens a correct generate gets from it."""
+
+    def __init__(self, config, prompt_len, use_cache):
+        super().__init__()
+        self.config = config
+        self.prompt_len, self.use_cache, self.calls = prompt_len, use_cache, 0
+        self.anchor = torch.nn.Parameter(torch.zeros(1, dtype=torch.float64))  # dtype for the cache
+
+    def forward(self, idx, cache=None):
+        b, s = idx.shape
+        vocab = self.config.vocab_size
+        if cache is None:
+            history, start = idx.to(torch.float64), 0
+            violation = self.use_cache or s != self.prompt_len + self.calls
+        else:
+            start = cache.seq_len
+            block = self.config.block
+            n_kv, head_dim = block.n_kv_heads or block.n_heads, block.d_model // block.n_heads
+            code = torch.zeros(b, n_kv, s, head_dim, dtype=torch.float64)
+            code[..., 0] = idx.to(torch.float64)[:, None, :]
+            for i in range(self.config.n_layers):
+                k_all, _ = cache.layer(i).update(code, code)
+            history = k_all[:, 0, :, 0]  # (b, start + s): what the cache holds
+            violation = not self.use_cache or s != (self.prompt_len if self.calls == 0 else 1)
+        self.calls += 1
+        logits = torch.zeros(b, s, vocab, dtype=torch.float64)
+        for row in range(b):
+            for p in range(s):
+                seen = [int(t) for t in history[row, : start + p + 1].tolist()]
+                logits[row, p, (probe_next_token(seen, vocab) + int(violation)) % vocab] = 1.0
+        return logits
+
+
+def generate_on_probe(sub, config, prompt, max_new_tokens, use_cache=True):
+    """The student's ``generate`` driving ``ProbeLM`` (configured with the student's own
+    GPTConfig and BlockConfig classes), with the student's KVCache."""
+    gpt_config = sub.load("gpt.GPTConfig")(**{**config, "block": _block_config(sub, config["block"])})
+    model = ProbeLM(gpt_config, prompt.shape[1], use_cache).eval()
+    return sub.load("kv_cache.generate")(model, prompt, max_new_tokens, use_cache=use_cache)
 
 
 def sample(sub, logits, seed=None, **kwargs):
@@ -334,96 +420,179 @@ def sample(sub, logits, seed=None, **kwargs):
 
 
 # -- FlashAttention -------------------------------------------------------------------------
-def _proc_status_kib(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}")
+# Memory is not measured here, where the submission could reset or fake any counter: the
+# grader caps this worker's address space from outside (Worker.call_with_memory_budget)
+# after flash_warm_up, and flash_memory_run must finish under that cap with right values.
+def flash_warm_up(sub):
+    """Trusted, before any submission code: page in the library code a tiled forward and an
+    autograd.Function backward use (matmul, exp, logsumexp, autograd), so the grader's
+    baseline already holds it. Imports nothing of the submission."""
 
+    class Probe(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, q, k, v):
+            s = q @ k.transpose(-1, -2)
+            ctx.save_for_backward(q, k, v, torch.logsumexp(s, dim=-1))
+            return torch.exp(s - s.amax(dim=-1, keepdim=True)) @ v
 
-def _peak_bytes(fn):
-    """Peak resident memory added while ``fn`` runs. ru_maxrss would inherit the parent's
-    high-water mark (grading notes), so reset VmHWM through clear_refs and read it back."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    base = _proc_status_kib("VmRSS")
-    fn()
-    return (_proc_status_kib("VmHWM") - base) * 1024
-
-
-def flash_memory(sub, n, d, is_causal):
-    """Peak memory of the student's forward and of forward + backward at length n."""
-    g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(1, 1, n, d, generator=g) for _ in range(3))
-    forward = sub.load("flash_attention.flash_attention_forward")
-    apply = sub.load("flash_attention.FlashAttention").apply
-    grad = torch.randn(1, 1, n, d, generator=g)
-    # warm-up at a small size: the first forward and backward page in tens of MB of library
-    # code and start autograd's threads, which would otherwise count as the student's memory
-    small = [t[..., :128, :].clone().requires_grad_(True) for t in (q, k, v)]
-    forward(*small, is_causal)
-    apply(*small, is_causal).backward(grad[..., :128, :])
-    forward_peak = _peak_bytes(lambda: forward(q, k, v, is_causal))
-    leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
-    out = apply(*leaves, is_causal)
-    backward_peak = _peak_bytes(lambda: out.backward(grad))
-    return {"forward": forward_peak, "backward": backward_peak}
-
-
-def flash_flops(sub, n, d, is_causal, block):
-    """Matmul FLOPs of the student's forward (FlopCounterMode counts mm/bmm/matmul)."""
-    from torch.utils.flop_counter import FlopCounterMode
+        @staticmethod
+        def backward(ctx, grad):
+            q, k, v, _ = ctx.saved_tensors
+            return grad @ v.transpose(-1, -2) @ k, grad @ v.transpose(-1, -2) @ q, grad
 
     g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(1, 2, n, d, generator=g) for _ in range(3))
-    forward = sub.load("flash_attention.flash_attention_forward")
-    with FlopCounterMode(display=False) as counter:
-        forward(q, k, v, is_causal, block, block)
-    return counter.get_total_flops()
+    q, k, v = (torch.randn(1, 1, 128, 64, generator=g, dtype=torch.float32).requires_grad_(True) for _ in range(3))
+    Probe.apply(q, k, v).sum().backward()
+    return 0
 
 
-def flash_saved(sub, q, k, v, is_causal):
-    """What the student's FlashAttention keeps for backward: saved tensors and tensor attributes."""
-    leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+def limit_address_space(sub, limit):
+    """Lower this worker's hard address-space limit (the grader chose it and checks it from
+    /proc); called before any submission code has been imported into this process."""
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    return 0
+
+
+def flash_inputs(n, d, seed):
+    """q, k, v and the output gradient the memory test uses (the grader draws the same)."""
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(1, 1, n, d, generator=g) for _ in range(4)]
+
+
+def flash_memory_run(sub, n, d, is_causal, seed):
+    """The student's forward, then FlashAttention.apply and its backward, at length n; every
+    value goes back so that the grader can check the work was really done."""
+    q, k, v, grad = flash_inputs(n, d, seed)
+    o, lse = sub.load("flash_attention.flash_attention_forward")(q, k, v, is_causal)
+    leaves = [t.requires_grad_(True) for t in (q, k, v)]
     out = sub.load("flash_attention.FlashAttention").apply(*leaves, is_causal)
-    node = out.grad_fn
-    saved = [tuple(t.shape) for t in node.saved_tensors]
-    attributes = {name: tuple(value.shape) for name, value in vars(node).items() if isinstance(value, torch.Tensor)}
-    return {"saved": saved, "attributes": attributes}
+    out.backward(grad)
+    return {"o": o, "lse": lse, "out": out.detach(), "grads": [t.grad for t in leaves]}
 
 
-def triton_run(sub, q, k, v, is_causal=False):
-    """Run the student's triton_flash_attention; count kernel launches and forbid torch's
-    attention maths meanwhile, so a torch fallback computes nothing."""
+# -- Triton ----------------------------------------------------------------------------------
+# Counting launches or banning torch here proves nothing: the host code runs in this process
+# and could compute the answer with torch and launch an empty kernel. So the host function
+# only runs with its kernels replaced by recorders (triton_record); the grader then carries
+# the kernels' source alone (autograder.static.triton_kernels) into a worker that imports
+# nothing of the submission, which replays the recorded launches on the grader's q, k, v
+# (triton_replay). Only what the kernels write there is graded.
+def _kernel_types():
+    from triton.runtime.jit import KernelInterface
+    return KernelInterface
+
+
+class _Recorder:
+    """Stands in for a @triton.jit (or autotuned) kernel: ``kernel[grid](*args)`` records."""
+
+    def __init__(self, name, kernel, record):
+        self.name, self.kernel, self.record = name, kernel, record
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.record(self.name, self.kernel, grid, args, kwargs)
+
+    def run(self, *args, grid, **kwargs):
+        return self.record(self.name, self.kernel, grid, args, kwargs)
+
+
+def triton_record(sub, q, k, v, is_causal=False):
+    """Run the student's host function with every module-level kernel replaced by a recorder.
+    Returns the launches (kernel name, grid, arguments as references to buffers), the buffers
+    (q, k, v, or new ones with their size, dtype and whether they were zero) and the buffer
+    view the host function returned."""
     module = sub.module("flash_attention_triton")
-    import triton.runtime.interpreter as interpreter
-    from triton.runtime.jit import JITFunction
+    kernel_type = _kernel_types()
+    inputs = {t.untyped_storage().data_ptr(): name for name, t in (("q", q), ("k", k), ("v", v))}
+    buffers, index, launches = [], {}, []
 
-    launches = [0]
-    patched = []
-    for owner in (getattr(interpreter, "InterpretedFunction", None), JITFunction):
-        if owner is not None and hasattr(owner, "run"):
-            original = owner.run
+    def ref(value):
+        if isinstance(value, torch.Tensor):
+            storage = value.untyped_storage()
+            ptr = storage.data_ptr()
+            if ptr not in index:
+                index[ptr] = len(buffers)
+                raw = torch.empty(0, dtype=torch.uint8).set_(storage)
+                buffers.append({"role": inputs.get(ptr, "new"), "nbytes": storage.nbytes(), "dtype": str(value.dtype),
+                                "zero": not bool(raw.any())})
+            return {"buffer": index[ptr], "shape": tuple(value.shape), "stride": tuple(value.stride()),
+                    "offset": value.storage_offset(), "dtype": str(value.dtype)}
+        if value is None or type(value) in (bool, int, float):
+            return {"value": value}
+        if isinstance(value, torch.dtype):
+            return {"torch_dtype": str(value)}
+        raise TypeError(f"a kernel argument of type {type(value).__name__} cannot be replayed by the grader; "
+                        f"pass tensors, ints, floats and bools")
 
-            def counting(self, *args, _original=original, **kwargs):
-                launches[0] += 1
-                return _original(self, *args, **kwargs)
+    def record(name, kernel, grid, args, kwargs):
+        meta = dict(kwargs)
+        configs = getattr(kernel, "configs", None)
+        if configs:  # autotuned: the grader replays the first config
+            meta = {**dict(configs[0].kwargs), **meta}
+            if getattr(configs[0], "num_warps", None) is not None:
+                meta.setdefault("num_warps", configs[0].num_warps)
+        shape = grid(meta) if callable(grid) else grid
+        shape = tuple(int(g) for g in (shape if isinstance(shape, (tuple, list)) else (shape,)))
+        launches.append({"kernel": name, "grid": shape, "args": [ref(a) for a in args],
+                         "kwargs": {str(key): ref(val) for key, val in meta.items()}})
 
-            owner.run = counting
-            patched.append((owner, original))
-    message = "triton_flash_attention computed attention with torch instead of in its Triton kernel"
+    originals = {name: obj for name, obj in vars(module).items() if isinstance(obj, kernel_type)}
+    for name, kernel in originals.items():
+        setattr(module, name, _Recorder(name, kernel, record))
     try:
-        with contextlib.ExitStack() as stack:
-            for owner, name in [(torch, "matmul"), (torch, "bmm"), (torch, "einsum"), (torch, "softmax"),
-                                (torch.Tensor, "__matmul__"), (torch.Tensor, "softmax"),
-                                (torch.nn.functional, "scaled_dot_product_attention"), (torch.nn.functional, "softmax")]:
-                stack.enter_context(_forbid(owner, name, message))
-            out = module.triton_flash_attention(q, k, v, is_causal)
+        out = module.triton_flash_attention(q, k, v, is_causal)
     finally:
-        for owner, original in patched:
-            owner.run = original
-    return {"out": out, "launches": launches[0]}
+        for name, kernel in originals.items():
+            setattr(module, name, kernel)
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"triton_flash_attention returned a {type(out).__name__}, not a torch.Tensor")
+    return {"launches": launches, "buffers": buffers, "out": ref(out)}
+
+
+def _dtype(name):
+    return getattr(torch, str(name).replace("torch.", ""))
+
+
+def triton_replay(sub, source, launches, buffers, out, q, k, v):
+    """In a worker that has imported nothing of the submission: load the kernels' source (the
+    grader extracted and checked it), give every new buffer NaN (or zeros, if the host made
+    it zero), replay the launches on the grader's q, k, v and return the view the host
+    function returned."""
+    import importlib.util
+    import os
+
+    path = os.path.join(os.getcwd(), "course_kernels.py")  # triton reads a kernel's source from its file
+    with open(path, "w") as f:
+        f.write(source)
+    spec = importlib.util.spec_from_file_location("course_kernels", path)
+    kernels = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(kernels)
+    given = {"q": q, "k": k, "v": v}
+    storage = []
+    for buffer in buffers:
+        if buffer["role"] in given:
+            storage.append(given[buffer["role"]])
+            continue
+        dtype = _dtype(buffer["dtype"])
+        count = buffer["nbytes"] // torch.empty(0, dtype=dtype).element_size()
+        fill = 0 if buffer["zero"] else (float("nan") if dtype.is_floating_point else -1)
+        storage.append(torch.full((count,), fill, dtype=dtype))
+
+    def value(ref):
+        if "buffer" in ref:
+            base = storage[ref["buffer"]]
+            if str(base.dtype) != ref["dtype"]:
+                raise TypeError(f"a buffer is passed as {ref['dtype']} and as {base.dtype}; the grader's launcher "
+                                f"gives each buffer one dtype")
+            return base.as_strided(ref["shape"], ref["stride"], ref["offset"])
+        if "torch_dtype" in ref:
+            return _dtype(ref["torch_dtype"])
+        return ref["value"]
+
+    for launch in launches:
+        kernel = getattr(kernels, launch["kernel"])
+        kernel[tuple(launch["grid"])](*[value(a) for a in launch["args"]],
+                                      **{key: value(val) for key, val in launch["kwargs"].items()})
+    return value(out).clone()
 
 
 def module_method(sub, cls, init_kwargs, state_dict, method, args, kwargs=None, *, dtype=None):

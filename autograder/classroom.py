@@ -8,104 +8,426 @@ else the folder itself, is graded). Each student is graded by its own
 own report. Next to the CSV, ``reports/<student>.json`` and ``reports/<student>.txt`` hold the
 full report and the feedback table. A student whose files have not changed since their
 report was written is skipped unless ``--force``.
+
+Every student folder is hostile: nothing here follows a link in it or opens what is not a
+regular file (``intake``), whatever goes wrong with one student (an exception, a timeout, a
+report that cannot be read) becomes that student's row and never stops the class, and the
+CSV is written row by row as students finish, its cells escaped so that a spreadsheet reads
+none of them as a formula.
 """
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
+import queue
+import signal
+import stat
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
+import tempfile
+import threading
+import time
 from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
+from . import intake
 from .isolation import make_private, running_as_root, site_dirs
+from .text import clean, clean_name
 
 ROOT = Path(__file__).resolve().parent.parent
+MAX_REPORT_BYTES = 64 << 20
+WATCHDOG_GRACE_S = 60.0  # past a student's timeout, the class stops waiting for its thread
+TERM_GRACE_S = 10.0  # a timed-out grader gets this long to end its worker before SIGKILL
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+# graders running now: each has a session of its own (so that a timeout can end its whole
+# group), which also keeps a Ctrl-C from reaching it; grade_class ends them when it stops early
+_LIVE: set[subprocess.Popen] = set()
+_LIVE_LOCK = threading.Lock()
 
 
 def submission_folder(student_dir: Path) -> Path:
-    return student_dir / "exercises" if (student_dir / "exercises").is_dir() else student_dir
+    """The student's ``exercises/`` if there is one, else the student's folder. Decided from
+    lstat, never through a link: an ``exercises`` that is a link is returned as the link,
+    which intake then refuses (it would otherwise hand in ``solutions/`` or a classmate)."""
+    candidate = Path(student_dir) / "exercises"
+    try:
+        mode = os.lstat(candidate).st_mode
+    except OSError:
+        return Path(student_dir)
+    return candidate if stat.S_ISDIR(mode) or stat.S_ISLNK(mode) else Path(student_dir)
 
 
-def fingerprint(folder: Path) -> str:
-    """A hash of the submission's .py files: a re-run skips students whose files are unchanged."""
-    digest = hashlib.sha256()
-    for path in sorted(folder.rglob("*.py")):
-        digest.update(str(path.relative_to(folder)).encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
+def fingerprint(folder: Path, deadline: float | None = None) -> str:
+    """A hash of what intake takes from the submission: a re-run skips students whose files
+    are unchanged. Reads only regular files, never through a link (``intake.fingerprint``)."""
+    return intake.fingerprint(folder, deadline)
+
+
+def escape_cell(value) -> str:
+    """A CSV cell a spreadsheet shows as text: no control characters, and a leading quote
+    before ``= + - @``, tab or CR, which would make it a formula (``=HYPERLINK(...)``)."""
+    text = "" if value is None else clean(str(value), limit=2000).replace("\n", " ")
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
+def list_students(submissions: Path, exclude: list[Path] = ()) -> list[tuple[Path, str]]:
+    """(folder, name to show) for each student: every entry that is a folder or a link to one
+    (the link is then refused at intake, with a row that says so); hidden entries and
+    ``exclude`` (the reports folder, if it lies inside) are left out. Names are cleaned of
+    control characters and made unique, for the CSV, the terminal and the report files."""
+    excluded = {os.path.realpath(p) for p in exclude}
+    students, seen = [], set()
+    with os.scandir(submissions) as entries:
+        found = sorted(entries, key=lambda e: e.name)
+    for entry in found:
+        if entry.name.startswith("."):
+            continue
+        try:
+            is_link = entry.is_symlink()
+            if not (entry.is_dir(follow_symlinks=False) or (is_link and os.path.isdir(entry.path))):
+                continue
+        except OSError:
+            continue
+        if not is_link and os.path.realpath(entry.path) in excluded:
+            continue
+        label = base = clean_name(entry.name)
+        number = 2
+        while label in seen:
+            label, number = f"{base}~{number}", number + 1
+        seen.add(label)
+        students.append((Path(entry.path), label))
+    return students
+
+
+def read_report(path: Path) -> dict | None:
+    """The JSON report at ``path`` if it is a regular file (never through a link), else None.
+    Raises ValueError when it is there but cannot be read as a report."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ValueError(f"{Path(path).name} cannot be opened ({exc.strerror or exc}; a link?)") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"{Path(path).name} is not a regular file")
+        data = f.read(MAX_REPORT_BYTES + 1)
+    if len(data) > MAX_REPORT_BYTES:
+        raise ValueError(f"{Path(path).name} is larger than {MAX_REPORT_BYTES >> 20} MiB")
+    try:
+        report = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{Path(path).name} is not valid JSON ({exc})") from None
+    summary(report)  # raises ValueError when a field the CSV needs is missing or malformed
+    return report
+
+
+def summary(report) -> tuple[float, float, dict[str, float]]:
+    """(score, max score, exercise -> score) of a report, or ValueError saying what is wrong."""
+    def number(value, what):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"the report's {what} is {type(value).__name__}, expected a number")
+        return value
+
+    if not isinstance(report, dict):
+        raise ValueError(f"the report is a JSON {type(report).__name__}, expected an object")
+    exercises = report.get("exercises")
+    if not isinstance(exercises, list):
+        raise ValueError("the report has no list of exercises")
+    scores = {}
+    for ex in exercises:
+        if not isinstance(ex, dict) or not isinstance(ex.get("name"), str):
+            raise ValueError("an exercise in the report has no name")
+        scores[ex["name"]] = number(ex.get("score"), f"score of {ex['name']}")
+    return number(report.get("score"), "score"), number(report.get("max_score"), "max_score"), scores
+
+
+def write_replacing(path: Path, text: str) -> None:
+    """Write ``path`` by renaming a new file over it: a link planted at ``path`` is replaced,
+    never written through."""
+    fd, part = tempfile.mkstemp(dir=Path(path).parent, prefix=".", suffix=".part")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(part, path)
+    except BaseException:
+        _remove(part)
+        raise
 
 
 def grade_student(student_dir: Path, reports: Path, force: bool, extra_args: list[str],
-                  timeout: float) -> tuple[str, dict | None, str]:
-    name = student_dir.name
+                  timeout: float, label: str | None = None) -> tuple[str, dict | None, str]:
+    """Grade one student: (name, report or None, status). Everything here, the reading of the
+    student's files included, runs within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    name = label or clean_name(Path(student_dir).name)
     folder = submission_folder(student_dir)
     report_path, text_path = reports / f"{name}.json", reports / f"{name}.txt"
-    stamp = fingerprint(folder)
-    if report_path.exists() and not force:
-        old = json.loads(report_path.read_text())
-        if old.get("fingerprint") == stamp:
-            return name, old, "skipped (unchanged)"
     try:
-        proc = subprocess.run([sys.executable, "-m", "autograder", "grade", "--submission", str(folder),
-                               "--json", str(report_path), *extra_args],
-                              cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-        status = "graded" if proc.returncode == 0 and report_path.exists() else f"grader failed ({proc.returncode})"
-        text_path.write_text(proc.stdout + (proc.stderr if proc.returncode else ""))
-    except subprocess.TimeoutExpired:
-        status = f"grader timed out after {timeout:.0f} s"
-        text_path.write_text(status + "\n")
-    if not report_path.exists() or status != "graded":
+        stamp = fingerprint(folder, deadline)
+    except intake.IntakeTimeout as exc:
+        status = f"timed out: {exc}"
+        write_replacing(text_path, status + "\n")
         return name, None, status
-    report = json.loads(report_path.read_text())
-    report["fingerprint"] = stamp
-    report_path.write_text(json.dumps(report, indent=2))
-    return name, report, status
+    if not force:
+        try:
+            old = read_report(report_path)
+        except ValueError:
+            old = None  # unreadable: graded afresh, and the new report replaces it
+        if old is not None and old.get("fingerprint") == stamp:
+            return name, old, "skipped (unchanged)"
+    # the grader writes to a new file of ours, not to reports/<name>.json: whatever is there
+    # (a link, say) is replaced afterwards, never followed
+    fd, fresh = tempfile.mkstemp(dir=reports, prefix=".grading-", suffix=".json.part")
+    os.close(fd)
+    try:
+        status, output = _run_grader(folder, fresh, extra_args, deadline - time.monotonic())
+        report = None
+        if status == "graded":
+            try:
+                report = read_report(Path(fresh))
+            except ValueError as exc:
+                status = f"grader failed: its report could not be read ({clean(exc, 300)})"
+            if report is None and status == "graded":
+                status = "grader failed: it wrote no report"
+        write_replacing(text_path, clean(output, limit=2_000_000) + ("" if output.endswith("\n") else "\n"))
+        if report is None:
+            return name, None, status
+        report["fingerprint"] = stamp
+        write_replacing(report_path, json.dumps(report, indent=2))
+        return name, report, _status_of(report)
+    finally:
+        _remove(fresh)
+
+
+def _run_grader(folder: Path, report_file: str, extra_args: list[str], remaining: float) -> tuple[str, str]:
+    """Run ``python -m autograder grade`` on one submission: (status, its output)."""
+    if remaining <= 0:
+        return "grader timed out before it started (reading the files took the whole timeout)", ""
+    command = [sys.executable, "-m", "autograder", "grade", "--submission", str(folder),
+               "--json", report_file, *extra_args]
+    # its own process group, so that a timeout ends the grader and nothing of it is left
+    proc = subprocess.Popen(command, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    with _LIVE_LOCK:
+        _LIVE.add(proc)
+    try:
+        out, err = proc.communicate(timeout=remaining)
+    except subprocess.TimeoutExpired:
+        out, err = _end(proc)
+        text = _decode(out) + _decode(err)
+        return f"grader timed out after {remaining:.0f} s", text + f"\ngrader timed out after {remaining:.0f} s\n"
+    finally:
+        with _LIVE_LOCK:
+            _LIVE.discard(proc)
+    text = _decode(out) + (_decode(err) if proc.returncode else "")
+    return ("graded" if proc.returncode == 0 else f"grader failed ({proc.returncode})"), text
+
+
+def _end(proc: subprocess.Popen) -> tuple[bytes, bytes]:
+    """SIGTERM first (the grader then ends its worker), SIGKILL after a grace period."""
+    for sig, wait in ((signal.SIGTERM, TERM_GRACE_S), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            return proc.communicate(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue
+    for stream in (proc.stdout, proc.stderr):  # something still holds the pipes: give up on them
+        try:
+            stream.close()
+        except OSError:
+            pass
+    return b"", b""
+
+
+def _decode(data: bytes | None) -> str:
+    return (data or b"").decode("utf-8", "replace")
+
+
+def _status_of(report: dict) -> str:
+    """"graded", or what intake refused: the instructor sees an attempt in the CSV."""
+    notes = report.get("intake") if isinstance(report.get("intake"), dict) else {}
+    if notes.get("whole"):
+        return clean(notes["whole"], 500)
+    refused = [str(v) for v in (notes.get("refused") or {}).values()]
+    if refused:
+        more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
+        return "graded; " + clean(refused[0], 300) + more
+    return "graded"
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _row(name: str, report: dict | None, status: str) -> dict:
+    row = {"student": name, "status": status}
+    if report is not None:
+        score, max_score, scores = summary(report)
+        row.update(score=score, max_score=max_score, **{f"ex:{k}": v for k, v in scores.items()})
+    return row
+
+
+class _Csv:
+    """The CSV, written as students finish (a header first, flushed after each row), then
+    rewritten complete and in name order when the class is done."""
+
+    def __init__(self, path: Path, exercises: list[str]):
+        self.path, self.exercises = Path(path), list(exercises)
+        self.file = open(self.path, "w", newline="", encoding="utf-8")
+        self.writer = csv.writer(self.file)
+        self.writer.writerow(self.header())
+        self.file.flush()
+
+    def header(self) -> list[str]:
+        return [escape_cell(c) for c in ("student", "score", "max_score", *self.exercises, "status")]
+
+    def cells(self, row: dict) -> list[str]:
+        values = [row.get("student"), row.get("score", ""), row.get("max_score", ""),
+                  *(row.get(f"ex:{ex}", "") for ex in self.exercises), row.get("status")]
+        return [escape_cell(v) for v in values]
+
+    def add(self, row: dict) -> None:
+        self.writer.writerow(self.cells(row))
+        self.file.flush()
+
+    def finish(self, rows: list[dict]) -> None:
+        self.file.close()
+        for row in rows:  # an exercise no header named (none is expected): a column at the end
+            self.exercises += [k[3:] for k in row if k.startswith("ex:") and k[3:] not in self.exercises]
+        fd, part = tempfile.mkstemp(dir=self.path.parent, prefix=".grades-", suffix=".csv.part")
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(self.header())
+            for row in rows:
+                writer.writerow(self.cells(row))
+        os.replace(part, self.path)
+
+
+def _run_all(students, grade_one, jobs: int, timeout: float, on_done) -> None:
+    """``grade_one(student)`` for each student on ``jobs`` threads; ``on_done(student, result)``
+    in this thread as each finishes. The threads are daemons and watched: one stuck past its
+    student's timeout (a system call that never returns) is given up on, its student gets a
+    row that says so, a new thread takes its place, and the class goes on."""
+    pending: queue.Queue = queue.Queue()
+    for student in students:
+        pending.put(student)
+    done: queue.Queue = queue.Queue()
+    started: dict[int, float] = {}
+
+    def loop():
+        while True:
+            try:
+                index = pending.get_nowait()
+            except queue.Empty:
+                return
+            started[index] = time.monotonic()
+            done.put((index, grade_one(index)))
+
+    def spawn():
+        threading.Thread(target=loop, daemon=True, name="grade-class").start()
+
+    for _ in range(max(1, min(jobs, len(students)))):
+        spawn()
+    finished: set[int] = set()
+    while len(finished) < len(students):
+        try:
+            index, result = done.get(timeout=1.0)
+        except queue.Empty:
+            now = time.monotonic()
+            for index, since in list(started.items()):
+                if index not in finished and now - since > timeout + WATCHDOG_GRACE_S:
+                    finished.add(index)
+                    on_done(index, None)
+                    spawn()
+            continue
+        if index not in finished:  # else: given up on earlier, its late result is dropped
+            finished.add(index)
+            on_done(index, result)
 
 
 def grade_class(submissions: Path, out_csv: Path, jobs: int = 1, force: bool = False,
                 extra_args: list[str] | None = None, timeout: float = 1800.0,
-                console: Console | None = None) -> list[dict]:
+                console: Console | None = None, exercises: list[str] | None = None) -> list[dict]:
+    """Grade every student of ``submissions``; returns one row per student (also in the CSV).
+    ``exercises``: only these (default: all); ``timeout``: the most one student may take."""
     console = console or Console(stderr=True)
-    students = sorted(p for p in Path(submissions).iterdir() if p.is_dir() and not p.name.startswith("."))
+    submissions = Path(submissions)
     reports = Path(out_csv).resolve().parent / "reports"
     reports.mkdir(parents=True, exist_ok=True)
+    extra_args = [*(extra_args or []), *(a for name in (exercises or []) for a in ("--exercise", name))]
     if running_as_root():
         # each worker runs as an unprivileged uid: keep the other students' files and the
         # reports out of its reach (chmod o-rwx; owner and group are unchanged)
-        failed = make_private([Path(submissions).resolve(), reports],
+        failed = make_private([submissions.resolve(), reports],
                               keep=[sys.executable, os.path.realpath(sys.executable), *site_dirs()])
         if failed:
-            console.print(f"[bold red]warning:[/] could not make these private, so other students' "
-                          f"workers may read them: {'; '.join(failed[:5])}")
-    rows, exercises = [], []
+            console.print(Text(f"warning: could not make these private, so other students' workers may read "
+                               f"them: {clean('; '.join(failed[:5]), 2000)}", style="bold red"))
+    students = list_students(submissions, exclude=[reports])
+    if not exercises:
+        from .runner import available_exercises  # the columns, known before any student is graded
+        exercises = available_exercises()
+    table = _Csv(Path(out_csv), exercises)
+    rows: dict[int, dict] = {}
+
+    def grade_one(index: int):
+        folder, name = students[index]
+        try:
+            return grade_student(folder, reports, force, extra_args, timeout, label=name)
+        except Exception as exc:  # noqa: BLE001 - one student's failure is that student's row
+            return name, None, f"grader error: {type(exc).__name__}: {clean(exc, 300)}"
+
+    # markup=False: a student named "[bold]..." is shown as written, not as rich markup
     with Progress(TextColumn("[bold]grading"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("{task.description}"), console=console) as progress:
+                  TextColumn("{task.description}", markup=False), console=console) as progress:
         task = progress.add_task("", total=len(students))
-        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-            futures = [pool.submit(grade_student, s, reports, force, extra_args or [], timeout) for s in students]
-            for future in futures:
-                name, report, status = future.result()
-                progress.update(task, advance=1, description=f"{name}: {status}")
-                row = {"student": name, "status": status}
-                if report is not None:
-                    row.update(score=report["score"], max_score=report["max_score"])
-                    for ex in report["exercises"]:
-                        row[ex["name"]] = ex["score"]
-                        if ex["name"] not in exercises:
-                            exercises.append(ex["name"])
-                rows.append(row)
-    with open(out_csv, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["student", "score", "max_score", *exercises, "status"])
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({key: row.get(key, "") for key in writer.fieldnames})
-    return rows
+
+        def on_done(index: int, result) -> None:
+            name = students[index][1]
+            if result is None:
+                result = (name, None, f"timed out: still running {timeout + WATCHDOG_GRACE_S:.0f} s after "
+                                      f"it started; given up")
+            _, report, status = result
+            try:
+                row = _row(name, report, clean(status, 1000))
+            except ValueError as exc:
+                row = _row(name, None, f"grader failed: its report could not be read ({clean(exc, 300)})")
+            rows[index] = row
+            table.add(row)
+            progress.update(task, advance=1, description=clean_name(f"{name}: {row['status']}", 100))
+
+        try:
+            _run_all(list(range(len(students))), grade_one, jobs, timeout, on_done)
+        except BaseException:  # Ctrl-C, or a full disk: end the graders still running
+            with _LIVE_LOCK:
+                running = list(_LIVE)
+            for proc in running:
+                for sig in (signal.SIGTERM, signal.SIGKILL):
+                    try:
+                        os.killpg(proc.pid, sig)
+                        proc.wait(timeout=TERM_GRACE_S)
+                        break
+                    except (ProcessLookupError, PermissionError):
+                        break
+                    except subprocess.TimeoutExpired:
+                        continue
+            raise
+    ordered = [rows[i] for i in range(len(students))]
+    table.finish(ordered)
+    # the rows as callers read them: exercise columns by their own names
+    return [{(k[3:] if k.startswith("ex:") else k): v for k, v in row.items()} for row in ordered]
 
 
 def classroom_score(report_path: Path) -> int:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -10,8 +11,16 @@ from rich.console import Console
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _interrupted(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def _grade(args) -> int:
     from .runner import available_exercises, grade
+
+    # grade-class ends a grader that ran out of time with SIGTERM: unwinding (rather than
+    # dying at once) lets the grader end its worker, which runs in a session of its own
+    signal.signal(signal.SIGTERM, _interrupted)
 
     submission = Path(args.submission)
     if not submission.is_dir():
@@ -28,11 +37,12 @@ def _grade(args) -> int:
     except ValueError as exc:  # an unknown exercise name
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    report.print(verbose=args.verbose)
+    # the files first: a terminal that cannot show the report must not cost the grade
     if args.json:
         report.write_json(args.json)
     if args.gradescope:
         report.write_gradescope(args.gradescope)
+    report.print_safely(verbose=args.verbose)
     return 0  # grading completed: the score is in the report, not the exit code
 
 
@@ -58,8 +68,8 @@ def _grade_class(args) -> int:
     if not Path(args.submissions).is_dir():
         print(f"error: {args.submissions} is not a folder", file=sys.stderr)
         return 2
-    extra = [arg for name in (args.exercise or []) for arg in ("--exercise", name)]
-    rows = grade_class(Path(args.submissions), Path(args.out), jobs=args.jobs, force=args.force, extra_args=extra)
+    rows = grade_class(Path(args.submissions), Path(args.out), jobs=args.jobs, force=args.force,
+                       exercises=args.exercise, timeout=args.student_timeout)
     graded = sum(1 for r in rows if "score" in r)
     print(f"{graded} of {len(rows)} students graded; scores in {args.out}, reports in "
           f"{Path(args.out).resolve().parent / 'reports'}")
@@ -152,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=1, help="students graded at once (default 1)")
     p.add_argument("--force", action="store_true", help="re-grade students whose files did not change")
     p.add_argument("--exercise", action="append", metavar="NAME", help="grade only these exercises")
+    p.add_argument("--student-timeout", type=float, default=1800.0, metavar="SECONDS",
+                   help="the most one student's grading may take (default 1800)")
     p.set_defaults(run=_grade_class)
 
     p = sub.add_parser("classroom-score", help="print a report's score for GitHub Classroom")

@@ -1,6 +1,10 @@
 """Operating-system protections around the worker, each used where the system allows it.
 
-- An empty network namespace (root, or unprivileged user namespaces).
+- An empty network namespace (root, or unprivileged user namespaces), and as root an IPC
+  namespace of its own: System V shared memory, semaphores and message queues and POSIX
+  message queues the worker creates die with it. Everywhere, when a worker ends, the
+  System V objects and POSIX message queues its uid created are removed (as the grader's
+  own user: only those created while the worker ran), so no later submission finds them.
 - When the grader runs as root (Gradescope, a container, CI): the worker runs as a
   dedicated unprivileged uid taken from a pool (one uid per live worker, locked), the
   course's files and the submission's originals are made private to their owner, and at
@@ -32,6 +36,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CLONE_NEWNET = 0x40000000
+CLONE_NEWIPC = 0x08000000
+IPC_RMID = 0
+SYSV_IPC = ("shm", "sem", "msg")  # /proc/sysvipc/<kind>: the objects of the grader's IPC namespace
+MQUEUE = "/dev/mqueue"  # POSIX message queues, where that file system is mounted
 PR_SET_CHILD_SUBREAPER = 36
 UID_POOL = range(61000, 61064)  # above the usual ranges for people and system services
 SHARED_TMP = ("/tmp", "/var/tmp", "/dev/shm")  # where any uid may leave files behind
@@ -41,26 +49,102 @@ _libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") el
 _cache: dict[str, object] = {}
 
 
-# -- network ----------------------------------------------------------------------------------
-def unshare_network() -> bool:
+# -- namespaces -------------------------------------------------------------------------------
+def unshare_network(ipc: bool = False) -> bool:
+    """An empty network namespace for this process and, with ``ipc``, an IPC namespace too
+    (one call: in the child, between fork and exec)."""
+    return _unshare(CLONE_NEWNET | (CLONE_NEWIPC if ipc else 0))
+
+
+def unshare_ipc() -> bool:
+    return _unshare(CLONE_NEWIPC)
+
+
+def _unshare(flags: int) -> bool:
     try:
-        return _libc is not None and _libc.unshare(CLONE_NEWNET) == 0
+        return _libc is not None and _libc.unshare(flags) == 0
     except (OSError, AttributeError):
         return False
 
 
 def network_namespace_available() -> bool:
+    return _probe("network", unshare_network)
+
+
+def ipc_namespace_available() -> bool:
+    return _probe("ipc", unshare_ipc)
+
+
+def _probe(name: str, unshare) -> bool:
     """Probed once, in a throwaway child process that never returns into the grader's code."""
-    if "network" not in _cache:
+    if name not in _cache:
         if _libc is None:
-            _cache["network"] = False
+            _cache[name] = False
         else:
             pid = os.fork()
             if pid == 0:
-                os._exit(0 if unshare_network() else 1)
+                os._exit(0 if unshare() else 1)
             _, status = os.waitpid(pid, 0)
-            _cache["network"] = os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
-    return bool(_cache["network"])
+            _cache[name] = os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    return bool(_cache[name])
+
+
+# -- System V IPC and POSIX message queues ----------------------------------------------------
+def ipc_objects() -> dict[tuple[str, int], tuple[int, int]]:
+    """(kind, id) -> (owner uid, creator uid) for every System V object of the grader's IPC
+    namespace, and ("mqueue", inode) -> (owner, owner) for POSIX message queues."""
+    found = {}
+    for kind in SYSV_IPC:
+        try:
+            with open(f"/proc/sysvipc/{kind}") as f:
+                header, *rows = f.read().splitlines()
+        except OSError:
+            continue
+        columns = header.split()
+        for row in rows:
+            fields = dict(zip(columns, row.split()))
+            try:
+                ident = int(fields[{"shm": "shmid", "sem": "semid", "msg": "msqid"}[kind]])
+                found[(kind, ident)] = (int(fields["uid"]), int(fields["cuid"]))
+            except (KeyError, ValueError):
+                continue
+    try:
+        for entry in os.scandir(MQUEUE):
+            info = entry.stat(follow_symlinks=False)
+            found[("mqueue", info.st_ino)] = (info.st_uid, info.st_uid)
+    except OSError:
+        pass
+    return found
+
+
+def remove_ipc_of(uid: int, before: dict | None = None) -> list[str]:
+    """Remove the System V objects and POSIX message queues that ``uid`` owns or created;
+    with ``before`` (an ``ipc_objects()`` taken before the worker started) only those that
+    are new since, so the grader's user keeps its own. Returns what was removed."""
+    removed = []
+    for (kind, ident), owners in ipc_objects().items():
+        if uid not in owners or (before is not None and (kind, ident) in before):
+            continue
+        if kind == "mqueue":
+            removed += _unlink_mqueue(ident)
+        elif _libc is not None:
+            control = {"shm": _libc.shmctl, "sem": _libc.semctl, "msg": _libc.msgctl}[kind]
+            # IPC_RMID frees a segment once no process has it attached: the worker's have ended
+            args = (ident, 0, IPC_RMID) if kind == "sem" else (ident, IPC_RMID, None)
+            if control(*args) == 0:
+                removed.append(f"{kind} {ident}")
+    return removed
+
+
+def _unlink_mqueue(inode: int) -> list[str]:
+    try:
+        for entry in os.scandir(MQUEUE):
+            if entry.stat(follow_symlinks=False).st_ino == inode:
+                os.unlink(entry.path)
+                return [entry.path]
+    except OSError:
+        pass
+    return []
 
 
 # -- processes --------------------------------------------------------------------------------
@@ -93,6 +177,11 @@ def process_table() -> dict[int, tuple[int, int, str]]:
     return table
 
 
+# pids of the workers this grader process has alive (Worker.call_clean keeps a second one):
+# a sibling worker is not a stray of the other
+LIVE_WORKERS: set[int] = set()
+
+
 def strays(worker_pid: int, uid: int | None, reaping: bool) -> dict[int, str]:
     """Processes that belong to a submission but are not the worker itself: its
     descendants, orphans reparented to us (when we are a subreaper), and anything running
@@ -112,7 +201,7 @@ def strays(worker_pid: int, uid: int | None, reaping: bool) -> dict[int, str]:
     for pid, (ppid, owner, command) in table.items():
         if pid in (worker_pid, me):
             continue
-        if (uid is not None and owner == uid) or (reaping and ppid == me):
+        if (uid is not None and owner == uid) or (reaping and ppid == me and pid not in LIVE_WORKERS):
             found[pid] = command
     return found
 
@@ -334,6 +423,12 @@ def remove_files_of(uid: int) -> list[str]:
 
 
 # -- what one worker runs under ---------------------------------------------------------------
+_IPC_OWN = ("own IPC namespace: the System V shared memory, semaphores and message queues and the POSIX "
+            "message queues the worker creates end with it; any its uid left in the grader's are removed")
+_IPC_SHARED = ("unavailable: the system refused an IPC namespace (it needs root), so System V shared memory, "
+               "semaphores and message queues and POSIX message queues are shared with the grader's user; "
+               "those the worker created are removed when it ends")
+
 @dataclass
 class IsolationPlan:
     """Decided once per worker start; ``summary()`` goes into the report."""
@@ -341,6 +436,7 @@ class IsolationPlan:
     site_dirs: list[str] = field(default_factory=list)
     uid: int | None = None
     network: bool = False
+    ipc: bool = False  # an IPC namespace of its own (root)
     reaping: bool = False
     not_private: list[str] = field(default_factory=list)  # what chmod could not protect
     unavailable: dict[str, str] = field(default_factory=dict)
@@ -351,6 +447,9 @@ class IsolationPlan:
         if not plan.network:
             plan.unavailable["network"] = ("unavailable: the system refused a network namespace, "
                                            "so the worker shares the grader's network")
+        plan.ipc = ipc_namespace_available()
+        if not plan.ipc:
+            plan.unavailable["ipc"] = _IPC_SHARED
         plan.reaping = become_subreaper(True)
         if lease is None:
             why = "turned off" if running_as_root() else "the grader is not root"
@@ -376,7 +475,8 @@ class IsolationPlan:
                      if self.reaping else
                      "unavailable: orphans that escape the group cannot be traced on this system; " + processes)
         summary = {"user": user, "network": "own empty network namespace" if self.network
-                   else self.unavailable["network"], "processes": processes}
+                   else self.unavailable["network"], "processes": processes,
+                   "ipc": _IPC_OWN if self.ipc else self.unavailable.get("ipc", _IPC_SHARED)}
         if self.uid is not None:
             summary["course files"] = (
                 "the course folder and the submission's originals are private to their owner (chmod o-rwx)"

@@ -18,7 +18,8 @@ from .skeleton import BEGIN, END
 
 ROOT = Path(__file__).resolve().parent.parent
 ENGINE = ["__init__.py", "__main__.py", "adapters.py", "cli.py", "compare.py", "inputs.py", "report.py",
-          "runner.py", "sandbox.py", "isolation.py", "worker.py", "skeleton.py", "release.py", "classroom.py"]
+          "runner.py", "sandbox.py", "isolation.py", "worker.py", "skeleton.py", "release.py", "classroom.py",
+          "intake.py", "text.py", "replies.py", "static.py"]
 
 
 def build(out: Path) -> list[str]:

@@ -1,12 +1,21 @@
-"""Reports: a table in the terminal, a JSON file, and Gradescope's results.json."""
+"""Reports: a table in the terminal, a JSON file, and Gradescope's results.json.
+
+Messages, test ids and the submission's path carry text the student controls (exception
+messages, printed output, file names): every output below passes it through
+``text.clean`` first, so no terminal escape, control character or lone surrogate reaches a
+screen, a JSON reader or Gradescope.
+"""
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import asdict, dataclass, field
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+
+from .text import ascii_text, clean, clean_data
 
 JSON_SCHEMA_VERSION = 1
 
@@ -32,6 +41,7 @@ class Report:
     worker_restarts: int = 0
     exercises: list[str] = field(default_factory=list)
     isolation: dict = field(default_factory=dict)
+    intake: dict = field(default_factory=dict)  # intake.Intake.to_json(): what was not taken, and why
 
     def __post_init__(self):
         if not self.exercises:
@@ -53,10 +63,21 @@ class Report:
         failures = [r for r in self.results if r.status != "passed"]
         for r in failures:
             if "known mistake" in r.message:
-                return f"{r.exercise}/{r.name}: " + r.message.split("known mistake: ", 1)[1].splitlines()[0]
+                return clean(f"{r.exercise}/{r.name}: " + r.message.split("known mistake: ", 1)[1].splitlines()[0])
         implemented = [r for r in failures if not r.message.startswith("not implemented")]
         first = (implemented or failures or [None])[0]
-        return None if first is None else f"{first.exercise}/{first.name}: {first.message.splitlines()[0]}"
+        if first is None:
+            return None
+        return clean(f"{first.exercise}/{first.name}: {(first.message.splitlines() or [''])[0]}")
+
+    def intake_notes(self) -> list[str]:
+        """One line per file the grader did not take from the submission (links that lead
+        outside it, FIFOs, folders named like files, files over a cap)."""
+        intake = self.intake or {}
+        if intake.get("whole"):
+            return [clean(intake["whole"])]
+        return [clean(note) for notes in (intake.get("refused") or {}, intake.get("skipped") or {})
+                for note in notes.values()]
 
     # -- terminal ---------------------------------------------------------------------------
     def print(self, console: Console | None = None, verbose: bool = False) -> None:
@@ -74,24 +95,61 @@ class Report:
             table.add_column("status")
             table.add_column("message", overflow="fold", max_width=90)
             for r in results:
-                message = r.message if verbose else "\n".join(r.message.splitlines()[:3])
+                message = clean(r.message)
+                message = message if verbose else "\n".join(message.splitlines()[:3])
                 # Text, not str: rich would read "[vector]" in a test id as markup
-                table.add_row(Text(r.name), f"{_num(r.points)}/{_num(r.max_points)}",
-                              Text(r.status, style=style.get(r.status, "yellow")),
-                              Text(message or r.description if r.status != "passed" else ""))
+                table.add_row(Text(clean(r.name)), f"{_num(r.points)}/{_num(r.max_points)}",
+                              Text(clean(r.status), style=style.get(r.status, "yellow")),
+                              Text(message or clean(r.description) if r.status != "passed" else ""))
             console.print(table)
         console.print(Text(f"Total: {_num(self.score)} / {_num(self.max_score)} points "
                            f"({self.duration:.1f} s)", style="bold"))
+        for note in self.intake_notes():  # what the grader did not take from the submission
+            console.print(Text(f"Intake: {note}", style="yellow"))
         for name, text in self.isolation.items():  # a protection this machine could not give
             if str(text).startswith("unavailable"):
-                console.print(Text(f"Isolation ({name}): {text}", style="dim"))
+                console.print(Text(clean(f"Isolation ({name}): {text}"), style="dim"))
         hint = self.hint()
         if hint:
             console.print(Text("Hint: ", style="bold yellow") + Text(hint))
 
+    def print_safely(self, console: Console | None = None, verbose: bool = False) -> None:
+        """``print``, and should the terminal refuse it (an encoding it cannot show, a
+        closed pipe), the same report as plain ASCII: printing never ends a run."""
+        try:
+            self.print(console, verbose=verbose)
+            return
+        except Exception as exc:  # noqa: BLE001 - whatever rich or the terminal raised
+            failure = f"(the formatted report could not be printed: {type(exc).__name__}; plain text follows)"
+        try:
+            sys.stdout.write(ascii_text(failure + "\n" + self.plain_text(verbose)) + "\n")
+            sys.stdout.flush()
+        except Exception:  # noqa: BLE001 - no terminal at all: the files hold the report
+            pass
+
+    def plain_text(self, verbose: bool = False) -> str:
+        """The terminal report without tables or colours."""
+        lines = []
+        for exercise in self.exercises:
+            results = self.exercise_results(exercise)
+            lines.append(f"{clean(exercise)}: {_num(sum(r.points for r in results))} / "
+                         f"{_num(sum(r.max_points for r in results))} points")
+            for r in results:
+                message = clean(r.message or r.description) if r.status != "passed" else ""
+                message = message if verbose else " | ".join(message.splitlines()[:3])
+                lines.append(f"  {clean(r.name)}  {_num(r.points)}/{_num(r.max_points)}  {clean(r.status)}  {message}")
+        lines.append(f"Total: {_num(self.score)} / {_num(self.max_score)} points ({self.duration:.1f} s)")
+        lines += [f"Intake: {note}" for note in self.intake_notes()]
+        lines += [clean(f"Isolation ({name}): {text}") for name, text in self.isolation.items()
+                  if str(text).startswith("unavailable")]
+        hint = self.hint()
+        if hint:
+            lines.append(f"Hint: {hint}")
+        return "\n".join(lines)
+
     # -- files ------------------------------------------------------------------------------
     def to_json(self) -> dict:
-        return {
+        return clean_data({
             "schema_version": JSON_SCHEMA_VERSION,
             "submission": self.submission,
             "score": self.score,
@@ -99,13 +157,14 @@ class Report:
             "duration_s": round(self.duration, 3),
             "worker_restarts": self.worker_restarts,
             "isolation": self.isolation,
+            "intake": self.intake,
             "exercises": [
                 {"name": ex,
                  "score": sum(r.points for r in self.exercise_results(ex)),
                  "max_score": sum(r.max_points for r in self.exercise_results(ex)),
                  "tests": [asdict(r) for r in self.exercise_results(ex)]}
                 for ex in self.exercises],
-        }
+        })
 
     def to_gradescope(self) -> dict:
         """Gradescope's autograder results format (one entry per test)."""
@@ -122,15 +181,17 @@ class Report:
                 "tags": [r.exercise],
                 "visibility": r.visibility,
             })
-        return {
+        notes = self.intake_notes()
+        return clean_data({
             "score": self.score,
             "execution_time": round(self.duration, 3),
             "output": f"Total {_num(self.score)} / {_num(self.max_score)} points."
-                      + (f" Hint: {self.hint()}" if self.hint() else ""),
+                      + (f" Hint: {self.hint()}" if self.hint() else "")
+                      + "".join(f"\nIntake: {note}" for note in notes),
             "visibility": "visible",
             "stdout_visibility": "hidden",
             "tests": tests,
-        }
+        })
 
     def write_json(self, path: str) -> None:
         with open(path, "w") as f:

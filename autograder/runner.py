@@ -17,6 +17,7 @@ import pytest
 
 from .report import Report, TestResult
 from .sandbox import SubmissionError, Worker
+from .text import clean
 
 ROOT = Path(__file__).resolve().parent.parent
 SUITES = Path(__file__).resolve().parent / "suites"
@@ -59,27 +60,40 @@ class GradingPlugin:
             if report.passed:
                 result.status, result.points, result.message = "passed", result.max_points, ""
             elif report.skipped:
-                result.status, result.message = "skipped", str(call.excinfo.value) if call.excinfo else ""
+                result.status, result.message = "skipped", clean(call.excinfo.value) if call.excinfo else ""
             else:
                 result.status, result.message = _explain(call.excinfo)
 
 
 def _explain(excinfo) -> tuple[str, str]:
+    # messages carry the submission's own text (exception messages, printed output): cleaned
+    # of terminal escapes and lone surrogates here, once, before any report sees them
     exc = excinfo.value
     if isinstance(exc, SubmissionError):
-        return "failed", str(exc)
-    if isinstance(exc, AssertionError):
-        return "failed", str(exc).split("\nassert ")[0]
-    # anything else is the grader's own fault, not the student's: say so plainly
-    where = excinfo.traceback[-1]
-    return "error", (f"grader error ({type(exc).__name__}: {exc}) at {Path(str(where.path)).name}:"
-                     f"{where.lineno + 1}; please report it to the course staff")
+        # the sandbox says "grader error" when its own part failed (the worker could not start)
+        return "error" if str(exc).startswith("grader error") else "failed", clean(str(exc))
+    if isinstance(exc, (AssertionError, pytest.fail.Exception)):  # also pytest.fail, pytest.raises
+        return "failed", clean(str(exc).split("\nassert ")[0])
+    # anything else is the grader's own fault, not the student's: replies are validated before
+    # a test sees them (autograder/replies.py), so an odd value from the submission is a
+    # SubmissionError; say so plainly, and where in the grader's code (not inside torch)
+    return "error", clean(f"grader error: {type(exc).__name__}: {str(exc)[:500]} at {_grader_frame(excinfo)}; "
+                          f"please report it to the course staff")
+
+
+def _grader_frame(excinfo) -> str:
+    """file:line of the innermost traceback entry in the grader's own code (a suite,
+    compare.py, ...), or of the innermost entry when none is."""
+    entries = list(excinfo.traceback)
+    ours = [e for e in entries if str(e.path).startswith(str(ROOT / "autograder") + "/")] or entries[-1:]
+    return f"{Path(str(ours[-1].path)).name}:{ours[-1].lineno + 1}" if ours else "an unknown place"
 
 
 def grade(submission: str | Path, exercises: list[str] | None = None, *,
           timeout: float = 20.0, memory_gib: float = 6.0, verbose: bool = False) -> Report:
     """Grade one submission folder on the chosen exercises (default: all)."""
-    submission = Path(submission).resolve()
+    # absolute, not resolved: a submission folder that is a link must reach intake as a link
+    submission = Path(submission).absolute()
     exercises = exercises or available_exercises()
     unknown = sorted(set(exercises) - set(available_exercises()))
     if unknown:
@@ -101,9 +115,10 @@ def grade(submission: str | Path, exercises: list[str] | None = None, *,
                                + output.getvalue()[-3000:])
         restarts = worker.restarts
         isolation = worker.isolation()
+        intake = worker.intake.to_json()
     return Report(submission=str(submission), results=list(plugin.results.values()),
                   duration=time.monotonic() - started, worker_restarts=restarts,
-                  isolation=isolation)
+                  isolation=isolation, intake=intake)
 
 
 def grade_public(submission: str | Path, timeout: float = 600.0) -> Report:

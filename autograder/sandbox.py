@@ -26,6 +26,10 @@ import torch
 
 from .isolation import (MAX_PROCESSES, ROOT, IsolationPlan, UidLease, become_subreaper, drop_to, kill_strays,
                         remove_files_of, running_as_root, strays, unshare_network)
+from . import intake as submission_intake
+from .isolation import ipc_objects, remove_ipc_of, unshare_ipc
+from .isolation import LIVE_WORKERS
+from .replies import OutputDrain, validate
 
 HERE = Path(__file__).resolve().parent
 GiB = 1 << 30
@@ -46,7 +50,17 @@ class Worker:
                  max_reply_bytes: int = 256 * MiB, output_bytes: int = 16 * MiB,
                  cpu_seconds: int = 1800, max_strikes_per_target: int = 2,
                  drop_privileges: bool | None = None):
-        self.submission = Path(submission).resolve()
+        # as the user named it (for reports): resolving it would follow a link to the solutions
+        self.submission = Path(submission)
+        # what the worker imports is staged once, by the intake rules, into a folder private to
+        # the grader: links to elsewhere, FIFOs, devices and oversized files never get that far
+        self.staging = tempfile.mkdtemp(prefix="course-intake-")  # mode 700
+        self.staged = os.path.join(self.staging, "submission")
+        try:
+            self.intake = submission_intake.stage_submission(self.submission, self.staged)
+        except BaseException:
+            shutil.rmtree(self.staging, ignore_errors=True)
+            raise
         self.timeout = timeout
         self.startup_timeout = startup_timeout
         self.memory_bytes = memory_bytes
@@ -67,6 +81,7 @@ class Worker:
         self.hung: dict[tuple[str, str], tuple[int, int]] = {}
 
         self.restarts = 0
+        self.clean: Worker | None = None  # see call_clean
         self._next_id = 0
         # as root the worker drops to a pool uid; False keeps it as the grader's user
         self.drop_privileges = running_as_root() if drop_privileges is None else drop_privileges
@@ -79,8 +94,12 @@ class Worker:
         # runs in the child between fork and exec, root-only steps first; a limit the system
         # refuses (macOS has no working RLIMIT_AS) is skipped rather than stopping the grader
         plan = self.plan
-        if plan.network:
-            unshare_network()  # an empty network namespace: no interface but a down loopback
+        # an empty network namespace (no interface but a down loopback) and an IPC namespace
+        # whose shared memory, semaphores and message queues end with the worker
+        if plan.network and not (plan.ipc and unshare_network(ipc=True)):
+            unshare_network()
+        elif plan.ipc and not plan.network:
+            unshare_ipc()
         limits = [(resource.RLIMIT_AS, (self.memory_bytes,) * 2),
                   (resource.RLIMIT_FSIZE, (self.output_bytes,) * 2),
                   (resource.RLIMIT_CPU, (self.cpu_seconds, self.cpu_seconds + 5)),
@@ -108,6 +127,8 @@ class Worker:
             "MKL_NUM_THREADS": "1",
             "OPENBLAS_NUM_THREADS": "1",
         }
+        if isinstance(self.log, OutputDrain) and self.log.dump_w is not None:
+            env["COURSE_DUMP_FD"] = str(self.log.dump_w)  # where faulthandler's stack goes (worker.py)
         # big allocations straight from mmap and back to the system when freed, so the
         # peak-memory checks (VmHWM) see every large tensor
         env["MALLOC_MMAP_THRESHOLD_"] = "65536"
@@ -147,25 +168,28 @@ class Worker:
         for name in ("worker.py", "adapters.py"):
             shutil.copy(HERE / name, self.workdir)
         # the worker imports a copy: whatever the code does to its own files ends with this worker
-        # links stay links (symlinks=True): followed by root here, a link to solutions/ would
-        # hand the worker the reference; followed by the worker's uid, it is refused
-        copy = shutil.copytree(self.submission, os.path.join(self.workdir, "submission"), symlinks=True,
+        # from the staged folder, which holds regular files and folders only (symlinks=True
+        # would keep a link a link, should one ever get there)
+        copy = shutil.copytree(self.staged, os.path.join(self.workdir, "submission"), symlinks=True,
                                ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".git"))
         if plan.uid is not None:  # the worker's own folder, and nothing else, belongs to its uid
             for folder, dirs, files in os.walk(self.workdir):
                 for name in [folder, *(os.path.join(folder, n) for n in dirs + files)]:
                     os.lchown(name, plan.uid, plan.uid)
-        # output goes to a file with no name: the worker can neither swap it for a link to a
-        # file it may not read nor find it
-        self.log = tempfile.TemporaryFile()
+        # output goes to a pipe the grader drains, keeping its first and last KiB: printing,
+        # however much, never fails a call (a file would hit RLIMIT_FSIZE), and the worker
+        # has no name to find it by
+        self.log = OutputDrain()
         req_r, req_w = os.pipe()
         resp_r, resp_w = os.pipe()
         self.proc = subprocess.Popen(
             [plan.python, "-I", os.path.join(self.workdir, "worker.py"),
              str(req_r), str(resp_w), str(copy), *plan.site_dirs],
-            pass_fds=(req_r, resp_w), stdin=subprocess.DEVNULL, stdout=self.log,
+            pass_fds=(req_r, resp_w, self.log.dump_w), stdin=subprocess.DEVNULL, stdout=self.log.output_w,
             stderr=subprocess.STDOUT, cwd=self.workdir, env=self._environment(),
             start_new_session=True, preexec_fn=self._limits)
+        self.log.started()
+        LIVE_WORKERS.add(self.proc.pid)
         os.close(req_r)
         os.close(resp_w)
         self.req_w, self.resp_r = req_w, resp_r
@@ -182,14 +206,27 @@ class Worker:
             self._kill()
         if self.plan is not None and self.plan.uid is not None:
             remove_files_of(self.plan.uid)
+        if self.plan is not None:
+            # System V objects and POSIX queues left in the grader's IPC namespace (as root the
+            # worker's own namespace ended with it): all of the pool uid's; of the grader's own
+            # user only those that did not exist when the worker started
+            before = getattr(self, "_ipc_before", None)
+            if self.plan.uid is not None:
+                remove_ipc_of(self.plan.uid)
+            elif before is not None:
+                remove_ipc_of(os.geteuid(), before)
         if self.workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
         if self.log is not None:
             self.log.close()
             self.log = None
+        self._ipc_before = ipc_objects()  # a worker may start next: what exists now is not its doing
 
     def close(self):
+        if self.clean is not None:
+            self.clean.close()
+            self.clean = None
         self._stop()
         if self.lease is not None:
             self.lease.release()
@@ -197,6 +234,18 @@ class Worker:
         if self.plan is not None and self.plan.reaping:
             become_subreaper(False)
         self.plan = None
+        if self.staging:
+            shutil.rmtree(self.staging, ignore_errors=True)
+            self.staging = None
+
+    def source_path(self, module: str) -> Path | None:
+        """The staged file ``<module>.py`` (what the worker imports), or None when intake did
+        not take it; for static checks of the source, which must not read the original."""
+        parts = module.split(".")
+        if not self.staging or not all(part.isidentifier() for part in parts):
+            return None
+        path = Path(self.staged, *parts[:-1], parts[-1] + ".py")
+        return path if path.is_file() and not path.is_symlink() else None
 
     def _kill(self):
         proc = self.proc
@@ -210,6 +259,7 @@ class Worker:
         self.req_w = self.resp_r = None
         if proc is None:
             return None
+        LIVE_WORKERS.discard(proc.pid)
         try:
             os.killpg(proc.pid, signal.SIGKILL)  # the whole group: children it spawned too
         except (ProcessLookupError, PermissionError):
@@ -243,31 +293,53 @@ class Worker:
         return b"".join(chunks)
 
     def _read_frame(self, deadline: float, what: str) -> dict:
-        (length,) = struct.unpack(">Q", self._read_exact(8, deadline, what))
-        if length > self.max_reply_bytes:
-            self._die("bad-reply", f"{self.phase}: the reply is {length / MiB:.0f} MiB, more than "
-                      f"the {self.max_reply_bytes / MiB:.0f} MiB a reply may hold (a huge tensor?)")
-        payload = self._read_exact(length, deadline, what)
-        try:
-            frame = torch.load(io.BytesIO(payload), weights_only=True)
-        except Exception as exc:  # a rigged object, a tensor subclass, garbage bytes
-            self._die("bad-reply", f"{self.phase}: the reply could not be read as plain tensors "
-                      f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})")
-        if not isinstance(frame, dict):
-            self._die("bad-reply", f"{self.phase}: a malformed reply came back")
-        return frame
+        if self.log is not None:
+            self.log.mark_call(self._next_id)  # a stack dumped from now on belongs to this call
+        while True:
+            (length,) = struct.unpack(">Q", self._read_exact(8, deadline, what))
+            if length > self.max_reply_bytes:
+                self._die("bad-reply", f"{self.phase}: the reply is {length / MiB:.0f} MiB, more than "
+                          f"the {self.max_reply_bytes / MiB:.0f} MiB a reply may hold (a huge tensor?)")
+            payload = self._read_exact(length, deadline, what)
+            try:
+                frame = torch.load(io.BytesIO(payload), weights_only=True)
+            except Exception as exc:  # a rigged object, a tensor subclass, garbage bytes
+                first = (str(exc)[:1000].splitlines() or [""])[0][:200]
+                self._die("bad-reply", f"{self.phase}: the reply could not be read as plain tensors "
+                          f"({type(exc).__name__}: {first})")
+            # student code can write frames of its own to the reply pipe: nothing of a frame is
+            # used before it is known to be what the protocol sends, with plain values in it
+            try:
+                validate(frame, max_total_bytes=self.max_reply_bytes)
+            except SubmissionError as exc:
+                self._die("bad-reply", f"{self.phase}: the reply was refused: {exc}")
+            # a reply to an earlier call: that call took a frame the submission wrote itself, and
+            # this is the worker's own, late; the earlier call is decided, so it is dropped
+            if what != "start" and "id" in frame and frame["id"] < self._next_id:
+                continue
+            return frame
 
     # -- failures -------------------------------------------------------------------------
-    def _output_tail(self, lines: int = 8) -> str:
+    def _output_tail(self, lines: int = 8, width: int = 200) -> str:
+        """The last lines the worker printed (each cut to ``width``), and, when the output was
+        longer than what the drain keeps, its first lines and how much came in all."""
         if self.log is None:
             return ""
-        try:
-            size = os.fstat(self.log.fileno()).st_size
-            text = os.pread(self.log.fileno(), 4000, max(0, size - 4000)).decode("utf-8", "replace")
-        except OSError:
+        self.log.settle()
+        head, tail, total = self.log.output()
+
+        def shown(text, pick):
+            kept = [line for line in text.splitlines() if line.strip()]
+            return [line[:width] + (" ..." if len(line) > width else "") for line in pick(kept)]
+
+        last = shown(tail, lambda kept: kept[-lines:])
+        if not last:
             return ""
-        tail = [line for line in text.splitlines() if line.strip()][-lines:]
-        return ("\nlast output:\n  " + "\n  ".join(tail)) if tail else ""
+        if total <= len(head.encode()) + self.log.keep:  # all of it was kept
+            return "\nlast output:\n  " + "\n  ".join(last)
+        first = shown(head, lambda kept: kept[:3])
+        return (f"\nfirst output:\n  " + "\n  ".join(first) +
+                f"\n  ... ({total / MiB:.1f} MiB printed in all) ...\nlast output:\n  " + "\n  ".join(last))
 
     def _stuck_frame(self) -> tuple[str, str, int] | None:
         """(file, function, line): the submission's innermost frame in the stack the worker
@@ -276,9 +348,7 @@ class Worker:
             return None
         deadline = time.monotonic() + 0.5  # the dump is due 10% before the grader's deadline
         while time.monotonic() < deadline:
-            size = os.fstat(self.log.fileno()).st_size
-            start = max(self.log_mark, size - 8000)  # this call's output only
-            text = os.pread(self.log.fileno(), size - start, start).decode("utf-8", "replace")
+            text = self.log.dump_since_call()  # its own pipe: printed output cannot bury it
             if "most recent call first" in text:
                 dump = text[text.rindex("most recent call first"):]
                 found = re.search(r'File "[^"]*/submission/([^"]+)", line (\d+) in (\S+)', dump)
@@ -331,7 +401,8 @@ class Worker:
                               f"(limit {self.memory_bytes / GiB:.1f} GiB)",
                    "SIGXCPU": f"used up its CPU time limit ({self.cpu_seconds} s)",
                    "SIGSEGV": "crashed with a segmentation fault",
-                   "SIGXFSZ": f"wrote more than {self.output_bytes / MiB:.0f} MiB of output"
+                   # printed output goes to a pipe (no limit): this is a file the code wrote
+                   "SIGXFSZ": f"wrote a file larger than the {self.output_bytes / MiB:.0f} MiB files may hold"
                    }.get(sig, f"was killed by {sig}")
         message = f"the worker process {how} {self.phase}"
         if self.phase.startswith("while importing"):
@@ -352,6 +423,9 @@ class Worker:
                                   f"in earlier tests; last time: {last}",
                                   {"timed out": "timeout", "crashed the worker": "crash"}.get(reason, "background"))
         for name in (n.split(".")[0] for n in names):
+            refused = self.intake.reason(name)  # not taken at intake: say why, not "no file"
+            if refused:
+                raise SubmissionError(refused, "refused")
             if name in self.broken_modules:
                 raise SubmissionError(f"{name}.py could not be imported earlier: "
                                       f"{self.broken_modules[name]}", "crash")
@@ -416,9 +490,11 @@ class Worker:
         return f"the grader's {target[1:]} helper" if target.startswith("@") else target
 
     def _error(self, target: str, error: dict) -> SubmissionError:
-        kind, message = str(error.get("type", "Exception")), str(error.get("message", ""))
+        # replies.validate has checked the types; the lengths are capped here too, whatever
+        # the worker (or code that wrote its own frame) sent
+        kind, message = str(error.get("type", "Exception"))[:200], str(error.get("message", ""))[:2000]
         where = self.phase
-        trace = str(error.get("traceback", "")).rstrip()
+        trace = str(error.get("traceback", ""))[-4000:].rstrip()
         trace = ("\n" + trace) if trace else ""
         if where.startswith("while importing"):
             text = f"{kind} {where}: {message}"
@@ -435,3 +511,58 @@ class Worker:
             return SubmissionError(f"ran out of memory {where} (the limit is "
                                    f"{self.memory_bytes / GiB:.1f} GiB): {message[:300]}", "memory")
         return SubmissionError(f"{kind} {where}: {message}{trace}", "exception")
+
+    # -- memory, capped from outside ------------------------------------------------------
+    def call_with_memory_budget(self, warm_up: str, target: str, *args, budget_bytes: int,
+                                timeout: float | None = None, **kwargs):
+        """``target`` in a fresh worker whose address space the grader caps from outside.
+
+        The worker starts anew and runs ``warm_up`` (trusted adapter code that imports none of
+        the submission but pages in the library code the target will use); the grader then
+        reads the worker's size from /proc and has the worker lower its own hard RLIMIT_AS
+        to that size plus ``budget_bytes`` while still no submission code has run in it (a
+        container's root often lacks CAP_SYS_RESOURCE, so prlimit on another uid fails). The
+        grader reads the limit back from /proc before going on. The kernel enforces it on
+        the worker and on every process it starts, and without CAP_SYS_RESOURCE a hard limit
+        cannot be raised again, so nothing the submission does to itself changes the verdict.
+        The worker is ended afterwards: later calls get a fresh one with the usual limits.
+        """
+        self._stop()
+        try:
+            self.call(warm_up, timeout=timeout)
+            limit = vm_size_bytes(self.proc.pid) + budget_bytes
+            self.call("@limit_address_space", limit, timeout=timeout)
+            if address_space_limit(self.proc.pid) != limit:
+                raise SubmissionError("grader error: the worker's memory cap could not be set; please "
+                                      "report it to the course staff", "crash")
+            return self.call(target, *args, timeout=timeout, **kwargs)
+        finally:
+            self._stop()
+
+    def call_clean(self, target: str, *args, timeout: float | None = None, **kwargs):
+        """``target`` in a second worker that never imports the submission (for adapters that
+        must not share a process with code the submission ran): started on first use, with
+        the same limits and isolation, and closed with this one."""
+        if self.clean is None:
+            self.clean = Worker(self.submission, timeout=self.timeout, memory_bytes=self.memory_bytes,
+                                max_reply_bytes=self.max_reply_bytes, drop_privileges=self.drop_privileges)
+        return self.clean.call(target, *args, timeout=timeout, **kwargs)
+
+
+def vm_size_bytes(pid: int) -> int:
+    """The address space a process holds (VmSize), read by the grader from /proc."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/{pid}/status has no VmSize")
+
+
+def address_space_limit(pid: int) -> int | None:
+    """The hard RLIMIT_AS of a process, read by the grader from /proc (None: unlimited)."""
+    with open(f"/proc/{pid}/limits") as f:
+        for line in f:
+            if line.startswith("Max address space"):
+                hard = line.split()[4]
+                return None if hard == "unlimited" else int(hard)
+    return None

@@ -14,7 +14,10 @@ importing a module or calling a target the worker sends an event frame, so the g
 say where a hang or a crash happened. Replies are ``{"id", "ok": True, "value"}`` or
 ``{"id", "ok": False, "error"}``, with ``"threads"``: Python threads the call left running.
 The grader loads every frame with ``torch.load(weights_only=True)``: nothing but tensors
-and plain containers can come back, whatever the submission does to this process.
+and plain containers can come back, whatever the submission does to this process; and it
+checks every frame (``autograder/replies.py``) before using it, since code running here can
+write frames of its own. stdout and stderr are a pipe the grader drains; the stack that
+faulthandler dumps just before a timeout goes to the fd in ``COURSE_DUMP_FD``.
 """
 import os
 import sys
@@ -111,26 +114,57 @@ class MissingName(Exception):
     pass
 
 
+# what the grader accepts (autograder/replies.py checks every frame again: this is a courtesy
+# that gives an honest mistake a clear message; student code here could skip it)
+WIRE_DTYPES = {torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int8, torch.int16,
+               torch.int32, torch.int64, torch.uint8, torch.bool}
+MAX_STRING = 1 << 16
+MAX_INT = 1 << 64
+
+
+def tensor_problem(value):
+    """Why the grader would refuse this tensor (before it is copied), or "" if it would not."""
+    if value.layout != torch.strided or value.is_nested:
+        layout = "nested" if value.is_nested else str(value.layout).replace("torch.", "")
+        return f"a {layout} tensor; return a dense tensor (.to_dense())"
+    if value.device.type != "cpu":
+        return f"a tensor on the {value.device.type} device; return a CPU tensor"
+    if value.is_quantized:
+        return "a quantized tensor; return a dense float tensor (.dequantize())"
+    if value.dtype not in WIRE_DTYPES:
+        return f"a {str(value.dtype).replace('torch.', '')} tensor; return a real float, integer or bool tensor"
+    return ""
+
+
 def to_wire(value, max_bytes, path="result"):
     """Plain tensors and containers only; anything else is an error the student reads.
     A tensor above ``max_bytes`` is refused before it is copied (the grader checks again)."""
     if type(value) is torch.Tensor or type(value) is torch.nn.Parameter:
+        problem = tensor_problem(value)
+        if problem:
+            raise TypeError(f"{path} is {problem}")
         if value.nelement() * value.element_size() > max_bytes:
             raise ValueError(f"{path} is a tensor of shape {tuple(value.shape)} "
                              f"({value.nelement() * value.element_size() / 2**20:.0f} MiB), more than "
                              f"the {max_bytes / 2**20:.0f} MiB a reply may hold")
-        # a contiguous copy: a view would otherwise ship its whole storage
-        return value.detach().clone(memory_format=torch.contiguous_format)
+        # a contiguous copy that owns exactly its data: a view would otherwise ship its whole
+        # storage, and the grader refuses expanded views, offsets and flags
+        plain = value.detach().resolve_conj().resolve_neg()
+        return plain.clone(memory_format=torch.contiguous_format)
     if isinstance(value, torch.Tensor):
         raise TypeError(f"{path} is a {type(value).__name__}, a subclass of torch.Tensor; "
                         f"return a plain torch.Tensor")
+    if type(value) is str and len(value) > MAX_STRING:
+        raise ValueError(f"{path} is a string of {len(value)} characters; at most {MAX_STRING} may come back")
+    if type(value) is int and not -MAX_INT < value < MAX_INT:
+        raise ValueError(f"{path} is an integer of {value.bit_length()} bits; at most 64 bits may come back")
     if value is None or type(value) in (bool, int, float, str):
         return value
     if type(value) in (list, tuple):
         items = [to_wire(v, max_bytes, f"{path}[{i}]") for i, v in enumerate(value)]
         return items if type(value) is list else tuple(items)
     if type(value) is dict:
-        return {str(k): to_wire(v, max_bytes, f"{path}[{k!r}]") for k, v in value.items()}
+        return {str(k): to_wire(v, max_bytes, f"{path}[{str(k)[:40]!r}]") for k, v in value.items()}
     if type(value) is torch.Size:
         return tuple(value)
     if type(value) is torch.dtype:
@@ -147,7 +181,10 @@ def describe(exc, folder):
     message = str(exc)
     if isinstance(exc, SystemExit):
         message = f"called sys.exit({exc.code!r})"
-    return {"type": type(exc).__name__, "message": message[:2000],
+    name = type(exc).__name__
+    if not (name.isascii() and name.isidentifier() and len(name) <= 200):  # the grader refuses others
+        name = "Exception"
+    return {"type": name, "message": message[:2000],
             "traceback": "".join(lines)[-4000:]}
 
 
@@ -199,8 +236,8 @@ def threads_left_running(grace=0.2):
         if thread is not threading.current_thread():
             thread.join(max(0.0, deadline - time.monotonic()))
     names = {thread.ident: thread.name for thread in threading.enumerate()}
-    return [names.get(ident, f"thread {ident}")  # started with _thread: no Thread object
-            for ident in sys._current_frames() if ident != threading.get_ident()]
+    return [str(names.get(ident, f"thread {ident}"))[:1000]  # started with _thread: no Thread object
+            for ident in sys._current_frames() if ident != threading.get_ident()][:1000]  # what the grader reads
 
 
 def main():
@@ -211,6 +248,12 @@ def main():
     adapters = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(adapters)
 
+    # the stack dumped before a timeout goes to a pipe of its own, so output the code prints
+    # at the same time can neither interleave with it nor push it out of what the grader keeps
+    dump = int(os.environ.get("COURSE_DUMP_FD", "2"))
+    # each printed line reaches the grader at once (stdout is a pipe: block-buffered), so the
+    # last output a crash message shows is what was printed last, not what a buffer still held
+    sys.stdout.reconfigure(line_buffering=True)
     submission = Submission(folder, lambda event: send(resp_fd, event))
     send(resp_fd, {"event": "ready", "pid": os.getpid()})
     while True:
@@ -219,8 +262,8 @@ def main():
             return
         reply = {"id": request["id"]}
         seed_everything()
-        if request.get("timeout"):  # just before the grader gives up: where it is stuck, to the log
-            faulthandler.dump_traceback_later(max(0.1, 0.9 * request["timeout"] - 0.1), file=sys.stderr)
+        if request.get("timeout"):  # just before the grader gives up: where it is stuck, to the grader
+            faulthandler.dump_traceback_later(max(0.1, 0.9 * request["timeout"] - 0.1), file=dump)
         sys.settrace(hang_guard(submission.folder, request["hung"]) if request.get("hung") else None)
         try:
             target = request["target"]

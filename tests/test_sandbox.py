@@ -184,3 +184,190 @@ def test_files_that_cannot_be_made_private_are_reported(tmp_path, monkeypatch):
     assert failed == [f"{tmp_path} (Read-only file system)"]
     plan = isolation.IsolationPlan(uid=61000, network=True, reaping=True, not_private=failed)
     assert plan.summary()["course files"].startswith("unavailable in part: chmod failed on " + str(tmp_path))
+
+
+# -- printed output ----------------------------------------------------------------------------
+PRINTING = textwrap.dedent("""
+    import sys, time, torch
+    def chatty(x):
+        for i in range(50):
+            print(f"step {i} " + "x" * 100_000)  # 5 MB, more than the 1 MiB a file may hold here
+        print("done", file=sys.stderr)
+        return 2 * x
+    def chatty_then_fails():
+        print("first line")
+        for i in range(50):
+            print("y" * 100_000)
+        print("the last words")
+        raise SystemExit(4)
+    def spin_and_print():
+        while True:
+            print("z" * 10_000)
+""")
+
+
+@pytest.fixture
+def printing(tmp_path):
+    (tmp_path / "mod.py").write_text(PRINTING)
+    return tmp_path
+
+
+def test_printing_any_amount_never_fails_a_call(printing):
+    """Output goes to a pipe the grader drains (RLIMIT_FSIZE binds files only), keeping its
+    first and last KiB for the message of a call that fails."""
+    x = torch.ones(3)
+    with Worker(printing, output_bytes=1 << 20) as w:
+        for _ in range(3):
+            assert torch.equal(w.call("mod.chatty", x), 2 * x)
+        with pytest.raises(SubmissionError) as err:
+            w.call("mod.chatty_then_fails")
+    message = str(err.value)
+    assert "called sys.exit(4)" in message or "exited" in message, message
+    assert len(message) < 4000, len(message)
+
+
+def test_a_crash_after_a_flood_shows_the_first_and_last_output(printing):
+    with Worker(printing) as w:
+        w.call("mod.chatty", torch.ones(1))
+        tail = w._output_tail()
+    assert tail.startswith("\nfirst output:\n  step 0 xxx") and "4.8 MiB printed in all" in tail
+    assert tail.rstrip().endswith("done") and max(len(line) for line in tail.splitlines()) < 220
+
+
+def test_the_stack_dump_survives_a_flood_of_output(printing):
+    """faulthandler writes to a pipe of its own: printing at the same time cannot bury it."""
+    with Worker(printing, timeout=2) as w:
+        with pytest.raises(SubmissionError, match=r"it was at mod.py line \d+, in spin_and_print"):
+            w.call("mod.spin_and_print")
+
+
+class FileOutput:
+    """The old output: a file under RLIMIT_FSIZE (to show why the drain is needed)."""
+    keep = 8192
+
+    def __init__(self):
+        import tempfile
+        self.file, self.dump = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+        self.output_w, self.dump_w, self.output_r = self.file.fileno(), self.dump.fileno(), self.file.fileno()
+
+    def fileno(self):
+        return self.file.fileno()
+
+    def started(self):
+        pass
+
+    def mark_call(self, call_id):
+        pass
+
+    def dump_since_call(self):
+        return ""
+
+    def settle(self, timeout=0.3):
+        pass
+
+    def output(self):
+        return "", "", 0
+
+    def close(self):
+        self.file.close()
+        self.dump.close()
+
+
+def test_without_the_drain_printing_fails_the_call(printing, monkeypatch):
+    from autograder import sandbox
+
+    monkeypatch.setattr(sandbox, "OutputDrain", FileOutput)
+    with Worker(printing, output_bytes=1 << 20) as w:
+        with pytest.raises(SubmissionError, match="File too large"):
+            w.call("mod.chatty", torch.ones(1))
+
+
+# -- System V IPC left for a later submission --------------------------------------------------
+IPC = textwrap.dedent("""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    IPC_CREAT = 0o1000
+    def leave(key):
+        return [libc.shmget(key, 4096, IPC_CREAT | 0o666) >= 0, libc.semget(key, 1, IPC_CREAT | 0o666) >= 0,
+                libc.msgget(key, IPC_CREAT | 0o666) >= 0]
+    def find(key):
+        return [libc.shmget(key, 0, 0) >= 0, libc.semget(key, 0, 0) >= 0, libc.msgget(key, 0) >= 0]
+""")
+
+
+def sysv_keys() -> set[int]:
+    keys = set()
+    for kind in ("shm", "sem", "msg"):
+        with open(f"/proc/sysvipc/{kind}") as f:
+            keys |= {int(line.split()[0]) for line in f.read().splitlines()[1:]}
+    return keys
+
+
+def remove_sysv(key):
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    for get, control, args in ((libc.shmget, libc.shmctl, (0, 0)), (libc.semget, libc.semctl, None),
+                               (libc.msgget, libc.msgctl, (0, 0))):
+        ident = get(key, 0, 0) if get is not libc.semget else get(key, 0, 0)
+        if ident >= 0:
+            control(ident, 0, 0) if get is libc.semget else control(ident, 0, None)
+
+
+@pytest.fixture
+def ipc(tmp_path):
+    (tmp_path / "mod.py").write_text(IPC)
+    return tmp_path
+
+
+@pytest.mark.parametrize("drop", [True, False], ids=["as a pool uid (root)", "as the grader's user"])
+def test_ipc_objects_die_with_the_worker(ipc, drop, monkeypatch):
+    """Shared memory, a semaphore and a message queue with a known key, left by one worker:
+    a later worker (a later submission, in effect) finds none of them."""
+    from autograder import isolation
+    if drop and not privilege_drop_available():
+        pytest.skip("needs root and a Python the pool uid can run")
+    key = 0x5eed0000 + os.getpid() % 0xffff
+    with Worker(ipc, drop_privileges=drop) as w:
+        assert w.call("mod.leave", key) == [True, True, True]
+        summary = w.isolation()["ipc"]
+    assert summary.startswith("own IPC namespace" if isolation.ipc_namespace_available() else "unavailable")
+    assert key not in sysv_keys()
+    with Worker(ipc, drop_privileges=drop) as w:
+        assert w.call("mod.find", key) == [False, False, False]
+
+
+def test_as_the_graders_user_only_what_the_worker_created_is_removed(ipc, monkeypatch):
+    """No namespace: the snapshot taken before the worker started keeps the user's own objects."""
+    from autograder import isolation
+    import ctypes
+    monkeypatch.setattr(isolation, "ipc_namespace_available", lambda: False)
+    libc = ctypes.CDLL(None, use_errno=True)
+    mine, left = 0x5eee0000 + os.getpid() % 0xffff, 0x5eef0000 + os.getpid() % 0xffff
+    assert libc.shmget(mine, 4096, 0o1000 | 0o600) >= 0
+    try:
+        with Worker(ipc, drop_privileges=False) as w:
+            assert w.call("mod.leave", left) == [True, True, True]
+            assert w.isolation()["ipc"].startswith("unavailable")
+        keys = sysv_keys()
+        assert mine in keys and left not in keys
+    finally:
+        remove_sysv(mine)
+        remove_sysv(left)
+
+
+@pytest.mark.parametrize("drop", [True, False], ids=["as a pool uid (root)", "as the grader's user"])
+def test_without_the_namespace_and_the_sweep_a_later_worker_finds_them(ipc, drop, monkeypatch):
+    """Why both are needed: turned off, the next worker of the same uid opens all three."""
+    from autograder import isolation, sandbox
+    if drop and not privilege_drop_available():
+        pytest.skip("needs root and a Python the pool uid can run")
+    monkeypatch.setattr(isolation, "ipc_namespace_available", lambda: False)
+    monkeypatch.setattr(sandbox, "remove_ipc_of", lambda *a, **k: [])
+    key = 0x5ef00000 + os.getpid() % 0xffff
+    try:
+        with Worker(ipc, drop_privileges=drop) as w:
+            assert w.call("mod.leave", key) == [True, True, True]
+        with Worker(ipc, drop_privileges=drop) as w:
+            assert w.call("mod.find", key) == [True, True, True]
+    finally:
+        remove_sysv(key)

@@ -9,7 +9,8 @@ import math
 import pytest
 import torch
 
-from autograder import mistakes
+from autograder import mistakes, static
+from autograder.adapters import probe_next_token
 from autograder.compare import check_tensor
 from autograder.inputs import randn, random_state_dict
 from solutions import kv_cache as ref
@@ -100,7 +101,10 @@ def test_cache_update_returns_everything_stored(worker):
 
 @pytest.mark.points(1)
 def test_cache_is_preallocated(worker):
-    """the buffers are allocated once: every update returns views of the same storage, no torch.cat."""
+    """the buffers are allocated once: update never concatenates (read from your source) and returns
+    views of the same storage."""
+    static.assert_source_avoids(worker, "kv_cache", "LayerKVCache.update", static.CONCATENATION,
+                         "preallocate the buffers once and write new positions in place")
     ops = [("update", 0, *kv(s, 1)) for s in range(6)]
     got = worker.call("@kv_cache_session", CACHE, ops)
     assert all("raised" not in e for e in got["results"]), got["results"][0].get("message")
@@ -170,17 +174,68 @@ def test_cached_steps_equal_a_full_forward(worker, name):
                  mistakes=lambda: [(NO_OFFSET, restart)])
 
 
+def altered_cache(name, model, prompt, seed):
+    """The reference's keys and values for ``prompt``, per layer, each moved by N(0, 0.5):
+    a model that reads its past from the cache must follow the change."""
+    config = CONFIGS[name]
+    block = config["block"]
+    n_kv, head_dim = block.get("n_kv_heads") or block["n_heads"], block["d_model"] // block["n_heads"]
+    cache = ref.KVCache(config["n_layers"], prompt.shape[0], config["max_seq_len"], n_kv, head_dim, dtype=F64)
+    with torch.no_grad():
+        model(prompt, cache=cache)
+    n = prompt.shape[1]
+    return [(cache.k[i, :, :, :n] + randn(*cache.k[i, :, :, :n].shape, seed=seed + i, dtype=F64, scale=0.5),
+             cache.v[i, :, :, :n] + randn(*cache.v[i, :, :, :n].shape, seed=seed + 50 + i, dtype=F64, scale=0.5))
+            for i in range(config["n_layers"])]
+
+
+def step_on(name, model, layers, step):
+    """The reference's logits and cache contents for one step on a cache holding ``layers``."""
+    config = CONFIGS[name]
+    n, (b, n_kv, _, head_dim) = layers[0][0].shape[2], layers[0][0].shape
+    cache = ref.KVCache(config["n_layers"], b, config["max_seq_len"], n_kv, head_dim, dtype=F64)
+    for i, (k, v) in enumerate(layers):
+        cache.k[i, :, :, :n], cache.v[i, :, :, :n] = k, v
+    cache._lengths = [n] * config["n_layers"]
+    with torch.no_grad():
+        logits = model(step, cache=cache)
+    return logits, [(cache.k[i, :, :, :n + 1], cache.v[i, :, :, :n + 1]) for i in range(config["n_layers"])]
+
+
+def _step_case(worker, name, seed):
+    """The student's step on the altered cache, and the reference's on the same cache."""
+    model, state = reference(name, seed=seed)
+    layers = altered_cache(name, model, tokens(name, seed + 1, 5), seed=seed + 2)
+    step = tokens(name, seed + 3, 1)
+    got = worker.call("@gpt_step_on_cache", CONFIGS[name], state, layers, step, dtype=F64)
+    return got, step_on(name, model, layers, step)
+
+
 @pytest.mark.points(1)
 def test_cache_holds_kv_heads(worker):
-    """with GQA the cache stores n_kv_heads heads (repeat them after reading, not before caching)."""
-    _, state = reference("llama-gqa", seed=4)
-    got = worker.call("@gpt_cached_logits", CONFIGS["llama-gqa"], state, tokens("llama-gqa", 5, 3),
-                      [tokens("llama-gqa", 6, 1)], dtype=F64)
-    shapes = got["update_shapes"]
-    assert shapes, "the model never called LayerKVCache.update" + (f" ({got['raised']})" if got["raised"] else "")
-    heads = {s[1] for s in shapes}
-    assert heads == {2}, f"update was given keys with {sorted(heads)} heads; expected n_kv_heads=2" + (
-        f": {KV_REPEATED}" if 6 in heads else "")
+    """with GQA the model hands the cache n_kv_heads heads (repeat them after reading, not before caching)."""
+    got, (_, expected) = _step_case(worker, "llama-gqa", seed=4)
+    rejected = got["rejected"]
+    hint = f": {KV_REPEATED}" if isinstance(rejected, tuple) and len(rejected) == 4 and rejected[1] == 6 else ""
+    assert not got["raised"], f"a cached step of GPT(llama-gqa) raised {got['raised']}{hint}"
+    for i, ((k, v), (k_ref, v_ref)) in enumerate(zip(got["cache"], expected)):
+        check_tensor(k, k_ref, f"layer {i}'s cached keys after one step (n_kv_heads=2)", n_terms=40, magnitude=4.0)
+        check_tensor(v, v_ref, f"layer {i}'s cached values after one step (n_kv_heads=2)", n_terms=40, magnitude=4.0)
+
+
+@pytest.mark.points(2)
+@pytest.mark.parametrize("name", CONFIGS)
+def test_cached_step_reads_the_cache(worker, name):
+    """a cached step adds exactly one position and its logits follow what the cache holds: the grader
+    fills the cache itself and alters it, so a model that recomputes or keeps its past elsewhere fails."""
+    got, (logits, _) = _step_case(worker, name, seed=11)
+    assert not got["raised"], f"a cached step of GPT({name}) on the grader's cache raised {got['raised']}"
+    lengths = [k.shape[2] for k, _ in got["cache"]]
+    assert lengths == [6] * len(lengths), (
+        f"after one step on a cache of 5 positions the layers hold {lengths} positions; expected 6 each "
+        f"(a step feeds the cache exactly its one new token)")
+    check_tensor(got["logits"], logits, f"GPT({name}) logits of one step on a cache of 5 positions that the grader "
+                 f"filled and altered (the step must read its past from the cache)", n_terms=40, magnitude=4.0)
 
 
 @pytest.mark.points(2)
@@ -196,15 +251,38 @@ def test_greedy_generation(worker, name, use_cache):
     check_tensor(got["tokens"], expected, f"generate(GPT({name}), prompt (2, 6), 12, use_cache={use_cache})")
 
 
+PROBE = dict(vocab_size=53, max_seq_len=32, n_layers=2, block=dict(d_model=8, n_heads=2, n_kv_heads=1))
+
+
+def probe_tokens(prompt, max_new_tokens, shift=0):
+    """What generate gets from the grader's probe model (autograder.adapters.ProbeLM) when
+    every call follows the protocol (shift 0) or every call breaks it (shift 1)."""
+    rows = []
+    for row in prompt.tolist():
+        for _ in range(max_new_tokens):
+            row.append((probe_next_token(row, PROBE["vocab_size"]) + shift) % PROBE["vocab_size"])
+        rows.append(row)
+    return torch.tensor(rows)
+
+
 @pytest.mark.points(2)
-def test_generation_feeds_one_token_per_step(worker):
-    """with the cache the prompt runs once (prefill) and every later call gets exactly one token."""
-    _, state = reference("gpt2", seed=9)
-    got = worker.call("@gpt_generate", CONFIGS["gpt2"], state, tokens("gpt2", 10, 6), 5, dtype=F64, use_cache=True)
-    lengths = got["input_lengths"]
-    expected = [6, 1, 1, 1, 1]
-    hint = f": {PROMPT_RERUN}" if lengths[1:2] and lengths[1] > 1 else ""
-    assert lengths == expected, f"the model was called with inputs of lengths {lengths}; expected {expected}{hint}"
+@pytest.mark.parametrize("use_cache", [True, False], ids=["cache", "no-cache"])
+def test_generation_feeds_one_token_per_step(worker, use_cache):
+    """with the cache the prompt runs once and every later call gets exactly one token; without it every
+    call gets the whole sequence (checked on a probe model whose tokens reveal how it was called)."""
+    prompt = torch.randint(0, PROBE["vocab_size"], (2, 6), generator=torch.Generator().manual_seed(21))
+    got = worker.call("@generate_on_probe", PROBE, prompt, 5, use_cache=use_cache)
+    expected = probe_tokens(prompt, 5)
+    ok = isinstance(got, torch.Tensor) and got.shape == expected.shape
+    hint = f": {PROMPT_RERUN}" if use_cache and ok and torch.equal(got[:, 7:], probe_tokens(prompt, 5, 1)[:, 7:]) else ""
+    assert ok and torch.equal(got, expected), (
+        f"generate(probe, prompt (2, 6), 5, use_cache={use_cache}) gave tokens {_short(got)}, expected "
+        f"{expected.tolist()}: the probe answers differently when it is called against the protocol "
+        f"(prefill once, then one token per call with the cache; the whole sequence without){hint}")
+
+
+def _short(value):
+    return value.tolist() if isinstance(value, torch.Tensor) and value.numel() <= 64 else type(value).__name__
 
 
 # ---------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ and some rows have a tiny variance, so eps and variance mistakes show."""
 import pytest
 import torch
 
-from autograder import mistakes
+from autograder import mistakes, static
 from autograder.compare import check_tensor
 from autograder.inputs import randn, random_state_dict
 from solutions import layers as ref
@@ -68,7 +68,9 @@ def test_layernorm_values(worker, shape, dtype, eps):
 
 @pytest.mark.points(1)
 def test_layernorm_is_written_by_hand(worker):
-    """LayerNorm does not call F.layer_norm (or torch.layer_norm)."""
+    """LayerNorm does not call F.layer_norm, torch.layer_norm or nn.LayerNorm (read from your source)."""
+    static.assert_source_avoids(worker, "layers", "LayerNorm", static.LAYER_NORM,
+                         "the exercise asks you to write LayerNorm from mean and variance")
     x = norm_input(4, 8, seed=3)
     _module_check(worker, "LayerNorm", {"d": 8}, x, "LayerNorm(8)(x)", seed=4,
                   forbid=["torch.nn.functional.layer_norm", "torch.layer_norm"])

@@ -1,0 +1,119 @@
+"""Submissions that forge what used to be measured inside the worker gain nothing.
+
+Each case is the reference solution with one hostile edit that gets the property's points
+only if the grader trusts something the submission's own process says or does: a memory
+counter it resets, a FLOP counter or call counter it removes, a ban it captured the
+function before, a hook it steps around, a launch count it bumps while torch computes the
+answer. The grader now decides these from outside the worker (a memory cap set before the
+submission is imported, NaN-poisoned future keys, a cache the grader fills and alters, a
+probe model, the submission's source, the kernels replayed in a worker of their own), so
+every case must fail exactly the tests of the property it attacks.
+
+Against the grader before this change (commit 61f92ec) every case below scored full marks
+on the attacked tests (checked by hand; the old in-worker adapters are gone).
+"""
+import pytest
+
+from tests.conftest import materialize, results, run_grader
+
+A, L, K, G = "attention.py", "layers.py", "kv_cache.py", "gpt.py"
+FA, FT = "flash_attention.py", "flash_attention_triton.py"
+
+FLASH_LOOP = "    for i0 in range(0, n_q, block_q):\n        i1 = min(i0 + block_q, n_q)\n        q_i = q3[:, i0:i1] * scale"
+TRITON_HOST = "    b, h, n_q, d = q.shape\n    n_k = k.shape[2]\n"
+
+ATTACKS = {
+    # memory: the old test reset VmHWM through /proc/self/clear_refs inside the worker
+    "full_matrix_then_resets_the_peak": dict(
+        exercise="flash_attention", fails=["memory_stays_linear"],
+        edits={FA: [(FLASH_LOOP,
+                     "    scores = q3 @ k3.transpose(1, 2)  # the whole n_q x n_k matrix\n"
+                     "    del scores\n"
+                     "    with open('/proc/self/clear_refs', 'w') as f:\n        f.write('5')  # forget the peak\n"
+                     + FLASH_LOOP)]}),
+    # causal skipping: the old test counted FLOPs with FlopCounterMode, which a submission can pop
+    "no_skipping_and_pops_the_flop_counter": dict(
+        exercise="flash_attention", fails=["causal_skips_future_blocks"],
+        # computes every tile (masked, not skipped) and scrubs NaN from keys and values, so that
+        # poisoned future keys would pass unnoticed
+        edits={FA: [("    end = n_k\n    if is_causal:\n        end = max(", "    end = n_k\n    if False:\n        end = max("),
+                    ("            s = q_i @ k3[:, j0:j1].transpose(1, 2)  # (B, bq, bk): one tile of scores",
+                     "            s = q_i @ torch.nan_to_num(k3[:, j0:j1]).transpose(1, 2)"),
+                    ("acc = alpha[..., None] * acc + p @ v3[:, j0:j1]",
+                     "acc = alpha[..., None] * acc + p @ torch.nan_to_num(v3[:, j0:j1])")]}),
+    # Triton: the old test counted launches and banned torch.matmul inside the worker
+    "triton_torch_fallback_with_a_captured_matmul": dict(
+        exercise="flash_attention_triton", fails=["triton_kernel_output"], all_fail=True,
+        edits={FT: [(TRITON_HOST,
+                     "    o = _softmax(_matmul(q, k.transpose(-1, -2)) / math.sqrt(q.shape[-1]), -1)\n"
+                     "    _flash_forward_kernel[(1, 1)](q, k, v, o, 0, 0, 1.0, 0, 0, 0, 0, 0, 0, 0, 0, IS_CAUSAL=False,"
+                     " HEAD_DIM=16, BLOCK_M=16, BLOCK_N=16)  # a launch that writes nothing (n_q = 0)\n"
+                     "    return _matmul(o, v)\n"),
+                    ("import triton.language as tl\n",
+                     "import triton.language as tl\n\n_matmul, _softmax = torch.matmul, torch.softmax  # before any ban\n")]}),
+    "triton_host_answer_copied_by_the_kernel": dict(
+        exercise="flash_attention_triton", fails=["triton_kernel_output"], all_fail=True,
+        edits={FT: [(TRITON_HOST,
+                     "    answer = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=is_causal and "
+                     "q.shape[2] == k.shape[2])\n"
+                     "    o = torch.empty_like(answer)\n"
+                     "    _copy_kernel[(1,)](answer, o, answer.numel(), BLOCK=triton.next_power_of_2(answer.numel()))\n"
+                     "    return o\n"),
+                    ("@triton.jit\ndef _flash_forward_kernel(",
+                     "@triton.jit\ndef _copy_kernel(src, dst, n, BLOCK: tl.constexpr):\n"
+                     "    offs = tl.arange(0, BLOCK)\n    tl.store(dst + offs, tl.load(src + offs, mask=offs < n), "
+                     "mask=offs < n)\n\n\n@triton.jit\ndef _flash_forward_kernel(")]}),
+    "triton_kernel_calls_torch_in_the_interpreter": dict(
+        exercise="flash_attention_triton", fails=["triton_kernel_output"], all_fail=True,
+        edits={FT: [("    block_m = tl.program_id(0)\n", "    torch.manual_seed(0)\n    block_m = tl.program_id(0)\n")]}),
+    # bans: the old tests patched torch's functions during the call
+    "softmax_by_getattr": dict(
+        # torch's softmax also gives NaN on all -inf rows: that test fails on its own merits
+        exercise="attention", fails=["softmax_is_written_by_hand", "softmax_all_masked_rows"],
+        edits={A: [("row_max = x.amax(dim=dim, keepdim=True)", "return getattr(torch, 'soft' + 'max')(x, dim)")]}),
+    "layernorm_captured_at_import": dict(
+        exercise="layers", fails=["layernorm_is_written_by_hand"],
+        edits={L: [("return (normed * self.weight + self.bias).to(x.dtype)",
+                    "return _layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)"),
+                   ("import torch\n", "import torch\n\n_layer_norm = torch.nn.functional.layer_norm  # before any ban\n")]}),
+    "cache_grows_with_a_cat_captured_at_import": dict(
+        exercise="kv_cache", fails=["cache_is_preallocated"],
+        edits={K: [("return k_buffer[:, :, :start + new], v_buffer[:, :, :start + new]",
+                    "return (_join([k_buffer[:, :, :start], k], dim=2), _join([v_buffer[:, :, :start], v], dim=2))"),
+                   ("import torch\n", "import torch\n\n_join = torch.cat  # taken before any counting patch\n")]}),
+    # the cache in the model: the old tests patched update() and hooked forward
+    "generate_reruns_the_prompt_past_the_hook": dict(
+        exercise="kv_cache", fails=["generation_feeds_one_token_per_step[cache]"],
+        edits={K: [("logits = model(step_input if use_cache else out, cache=cache)[:, -1]  # (b, vocab)",
+                    "model(step_input if use_cache else out, cache=cache)  # what a hook on the model sees\n"
+                    "        logits = type(model).forward(model, out)[:, -1]  # what is used: no hook sees it")]}),
+    "model_keeps_its_own_past": dict(
+        exercise="kv_cache", fails=["cached_step_reads_the_cache", "cache_holds_kv_heads"],
+        edits={G: [("        b, s = idx.shape\n        past = cache.seq_len if cache is not None else 0\n",
+                    "        b, s = idx.shape\n        past = cache.seq_len if cache is not None else 0\n"
+                    "        if cache is not None:  # recompute from tokens kept here, write the cache for show\n"
+                    "            seen = _SEEN.setdefault(id(cache), idx[:, :0])\n"
+                    "            _SEEN[id(cache)] = full = torch.cat([seen, idx], dim=1)\n"
+                    "            for i, block in enumerate(self.blocks):\n"
+                    "                block(self.tok_emb(idx), positions=torch.arange(past, past + s), cache=cache.layer(i))\n"
+                    "            return type(self).forward(self, full)[:, -s:]\n"),
+                   ("import torch\n", "import torch\n\n_SEEN = {}\n")]}),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ATTACKS)
+def test_forging_a_measurement_gains_nothing(tmp_path, name, solutions_report):
+    case = ATTACKS[name]
+    folder = materialize(tmp_path, name, case["edits"])
+    proc, report = run_grader(folder, "--exercise", case["exercise"])
+    assert proc.returncode == 0, proc.stderr
+    by_name = results(report)
+    attacked = [t for n, t in by_name.items() if any(n.startswith(p) for p in case["fails"])]
+    assert attacked, f"no test named {case['fails']}"
+    scored = [t["name"] for t in attacked if t["points"] > 0]
+    assert not scored, f"{name} still scores on {scored}"
+    if not case.get("all_fail"):  # the rest of the reference still scores: the attack is all that changed
+        others = [t for n, t in by_name.items() if t not in attacked]
+        assert others and all(t["status"] == "passed" for t in others), \
+            [(t["name"], t["message"][:200]) for t in others if t["status"] != "passed"]
