@@ -369,9 +369,10 @@ def probe_next_token(history, vocab_size):
 class ProbeLM(torch.nn.Module):
     """A stand-in model for ``generate``: its next token is ``probe_next_token`` of everything
     it can see (the cache's contents plus the new tokens), shifted by one whenever it is
-    called against the protocol. With ``use_cache``: a cache on every call, the prompt once,
-    then exactly one token per call. Without: no cache, the whole sequence every call. The
-    grader knows the tokens a correct generate gets from it."""
+    called against the protocol with ``use_cache``: a cache on every call, the prompt once,
+    then exactly one token per call. Without the cache every call must see the whole
+    sequence, which the rule checks by itself. The grader knows the tokens a correct
+    generate gets from it."""
 
     def __init__(self, config, prompt_len, use_cache):
         super().__init__()
@@ -384,7 +385,7 @@ class ProbeLM(torch.nn.Module):
         vocab = self.config.vocab_size
         if cache is None:
             history, start = idx.to(torch.float64), 0
-            violation = self.use_cache or s != self.prompt_len + self.calls
+            violation = self.use_cache  # without a cache, a wrong history shows by itself
         else:
             start = cache.seq_len
             block = self.config.block

@@ -106,6 +106,20 @@ def _nbgrader_import(args) -> int:
     return 0
 
 
+def _quiz_grade(args) -> int:
+    from .quiz import grade_assignment
+
+    try:
+        scores = grade_assignment(Path(args.course), args.assignment, args.db, jobs=args.jobs,
+                                  student_timeout=args.student_timeout, students=args.student)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"graded {len(scores)} students' {args.assignment} quizzes into the gradebook; "
+          f"next: nbgrader generate_feedback {args.assignment}")
+    return 0
+
+
 def _release(args) -> int:
     from . import release
 
@@ -183,6 +197,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--db", required=True, help="the gradebook, e.g. sqlite:///course/gradebook.db")
     p.add_argument("--assignment", default="exercises", help="assignment name in the gradebook")
     p.set_defaults(run=_nbgrader_import)
+
+    p = sub.add_parser("quiz-grade", help="grade nbgrader quiz submissions in the sandbox (not nbgrader autograde)")
+    p.add_argument("assignment", help="e.g. lecture01")
+    p.add_argument("--course", default=".", help="the nbgrader course directory (default: here)")
+    p.add_argument("--db", help="the gradebook (default: sqlite:///COURSE/gradebook.db)")
+    p.add_argument("--student", action="append", metavar="ID", help="grade only these students")
+    p.add_argument("--jobs", type=int, default=1, help="students graded at once (default 1)")
+    p.add_argument("--student-timeout", type=float, default=600.0, metavar="SECONDS",
+                   help="the most one student's grading may take (default 600)")
+    p.set_defaults(run=_quiz_grade)
 
     p = sub.add_parser("release", help="build the student release (with a leak check)")
     p.add_argument("out", help="a new folder to write the release into")

@@ -302,11 +302,6 @@ class OutputDrain:
         self._thread = threading.Thread(target=self._drain, name="worker output", daemon=True)
         self._thread.start()
 
-    def fileno(self) -> int:
-        # Worker.call notes os.fstat(log.fileno()).st_size before each call (it was a file):
-        # a pipe reads as size 0, and mark_call below does the marking now
-        return self.output_r
-
     def started(self):
         """The worker holds the write ends now: ours would keep the pipes open after it ends."""
         for name in ("output_w", "dump_w"):

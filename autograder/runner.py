@@ -123,42 +123,155 @@ def grade(submission: str | Path, exercises: list[str] | None = None, *,
 
 def grade_public(submission: str | Path, timeout: float = 600.0) -> Report:
     """Grade the public checks (exercises/checks), for the student release, which ships no
-    hidden suites. They run in a separate pytest process (a crash or an exit in student code
-    ends that process, not the grader), one point per check, read back from JUnit XML."""
+    hidden suites; one point per check.
+
+    The checks call the student's code in their own process, so whatever that process
+    reports could be forged by the code under test. What keeps the count honest against
+    the submission's own files (not against a student who edits the grader or the
+    workflow, which the student's repository holds too):
+    - the submission is staged by the intake rules (regular ``.py`` files, no links) into a
+      private folder and imported by that path, whatever its folder is called;
+    - each check file runs in a pytest process of its own, in its own session (a crash, an
+      exit or a forgery costs that file only; the whole group is killed afterwards);
+    - its JUnit file lies in a new private folder under a random name handed over through
+      an inherited pipe (in neither the command line nor the environment), and the process
+      ends right after writing it, before any atexit handler of the submission runs;
+    - the file read back must be a regular file holding exactly the checks that a separate
+      collection (which imports no student code) found, each once, and must agree with the
+      process's exit status; anything else scores that file zero, saying why."""
+    import concurrent.futures
+    import os
+    import shutil
+    import tempfile
+
+    from . import intake as submission_intake
+
+    started = time.monotonic()
+    checks = ROOT / "exercises" / "checks"
+    expected = public_check_ids(checks)
+    staging = tempfile.mkdtemp(prefix="course-public-")  # mode 700
+    try:
+        staged = os.path.join(staging, "submission")
+        notes = submission_intake.stage_submission(submission, staged)
+        deadline = time.monotonic() + timeout
+        with concurrent.futures.ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+            runs = [pool.submit(_run_public_file, checks / name, names, staged, deadline)
+                    for name, names in sorted(expected.items())]
+            results = [r for run in runs for r in run.result()]
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return Report(submission=str(submission), results=results, duration=time.monotonic() - started,
+                  intake=notes.to_json())
+
+
+def public_check_ids(checks: Path | None = None) -> dict[str, list[str]]:
+    """check file name -> its test ids (``test_forward_small[True]``), collected by pytest in
+    a separate process that imports no student code (fixtures import it, and none runs)."""
     import os
     import subprocess
+
+    checks = Path(checks or ROOT / "exercises" / "checks")
+    env = {k: v for k, v in os.environ.items() if k not in ("COURSE_RESULTS_FD", "COURSE_SUBMISSION")}
+    proc = subprocess.run([sys.executable, "-m", "pytest", str(checks), "--collect-only", "-q", "-p",
+                           "no:cacheprovider", f"--rootdir={checks}", "-c", os.devnull],
+                          env=env, cwd=checks, capture_output=True, text=True, timeout=300)
+    found: dict[str, list[str]] = {}
+    for line in proc.stdout.splitlines():
+        path, sep, name = line.strip().partition("::")
+        if sep and path.endswith(".py"):
+            found.setdefault(Path(path).name, []).append(name)
+    if proc.returncode != 0 or not found:
+        raise RuntimeError(f"the public checks in {checks} could not be collected (pytest exit code "
+                           f"{proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
+    return found
+
+
+def _run_public_file(check_file: Path, names: list[str], staged: str, deadline: float) -> list[TestResult]:
+    """Run one check file in its own pytest process; its results, validated."""
+    import os
+    import secrets
+    import shutil
+    import signal
+    import subprocess
     import tempfile
+
+    exercise = check_file.stem.removeprefix("test_")
+    private = tempfile.mkdtemp(prefix="course-results-")  # mode 700, a new random name
+    workdir = tempfile.mkdtemp(prefix="course-checks-")
+    junit = os.path.join(private, secrets.token_hex(16) + ".xml")
+    read_fd, write_fd = os.pipe()
+    os.write(write_fd, junit.encode())  # a path fits in the pipe's buffer: no deadlock
+    os.close(write_fd)
+    env = {k: v for k, v in os.environ.items() if k not in ("COURSE_IMPL", "PYTHONPATH")}
+    env.update(COURSE_SUBMISSION=staged, COURSE_RESULTS_FD=str(read_fd))
+    status = None
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "pytest", str(check_file), "-q", "-p", "no:cacheprovider",
+                                 f"--rootdir={check_file.parent}", "-c", os.devnull],
+                                env=env, cwd=workdir, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, pass_fds=(read_fd,), start_new_session=True)
+        os.close(read_fd)
+        try:
+            status = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            status = None
+        finally:
+            try:  # whatever the submission left running in the group must not outlive the run
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            proc.wait()
+        return _public_results(exercise, names, junit, status)
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _public_results(exercise: str, names: list[str], junit: str, status: int | None) -> list[TestResult]:
+    """The checks of one file from its JUnit file, or all failed with the reason it cannot
+    be used (missing, not a regular file, other checks than collected, disagreeing with the
+    exit status)."""
+    import os
+    import stat as stat_module
     import xml.etree.ElementTree as ElementTree
 
-    submission = Path(submission).resolve()
-    checks = ROOT / "exercises" / "checks"
-    started = time.monotonic()
-    with tempfile.TemporaryDirectory() as tmp:
-        junit = Path(tmp) / "junit.xml"
-        env = dict(os.environ, COURSE_IMPL=submission.name,
-                   PYTHONPATH=os.pathsep.join([str(submission.parent), str(ROOT)]))
-        try:
-            subprocess.run([sys.executable, "-m", "pytest", str(checks), "-q", "-p", "no:cacheprovider",
-                            f"--junitxml={junit}", f"--rootdir={checks}", "-c", os.devnull],
-                           env=env, cwd=tmp, capture_output=True, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            pass  # whatever finished is in the XML; the rest is reported as not run
-        results = []
-        if junit.exists():
-            for case in ElementTree.parse(junit).getroot().iter("testcase"):
-                exercise = case.get("classname", "").rsplit(".", 1)[-1].removeprefix("test_")
-                failure = case.find("failure")  # Elements without children are falsy: no `or`
-                if failure is None:
-                    failure = case.find("error")
-                skipped = case.find("skipped")
-                message = "" if failure is None else (failure.get("message") or "failed").splitlines()[0][:500]
-                status = "passed" if failure is None and skipped is None else ("skipped" if skipped is not None else "failed")
-                results.append(TestResult(exercise=exercise, name=case.get("name", ""),
-                                          description="public check", max_points=1.0,
-                                          points=1.0 if status == "passed" else 0.0, status=status,
-                                          message=message, duration=float(case.get("time", 0))))
-    if not results:
-        results.append(TestResult(exercise="public checks", name="run", description="the public checks ran",
-                                  max_points=1.0, status="error",
-                                  message=f"the public checks did not run (timeout {timeout:.0f} s or a crash)"))
-    return Report(submission=str(submission), results=results, duration=time.monotonic() - started)
+    def all_failed(why: str) -> list[TestResult]:
+        return [TestResult(exercise=exercise, name=name, description="public check", max_points=1.0,
+                           status="error", message=why) for name in names]
+
+    if status is None:
+        return all_failed(f"the checks of test_{exercise}.py did not finish in time")
+    try:
+        fd = os.open(junit, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return all_failed(f"the checks of test_{exercise}.py wrote no results (the process exited with "
+                          f"status {status} before the end)")
+    with os.fdopen(fd, "rb") as f:
+        if not stat_module.S_ISREG(os.fstat(fd).st_mode):
+            return all_failed(f"the results of test_{exercise}.py are not a regular file")
+        data = f.read(4 << 20)
+    try:
+        cases = list(ElementTree.fromstring(data).iter("testcase"))
+    except ElementTree.ParseError as exc:
+        return all_failed(f"the results of test_{exercise}.py cannot be read ({exc})")
+    found = sorted(case.get("name", "") for case in cases)
+    if found != sorted(names):
+        return all_failed(f"the results of test_{exercise}.py were changed: expected the checks "
+                          f"{', '.join(sorted(names))}; found {', '.join(found) or 'none'}")
+    results = []
+    for case in cases:
+        failure = case.find("failure")  # Elements without children are falsy: no `or`
+        if failure is None:
+            failure = case.find("error")
+        skipped = case.find("skipped")
+        message = "" if failure is None else (failure.get("message") or "failed").splitlines()[0][:500]
+        state = "failed" if failure is not None else ("skipped" if skipped is not None else "passed")
+        results.append(TestResult(exercise=exercise, name=case.get("name", ""), description="public check",
+                                  max_points=1.0, points=1.0 if state == "passed" else 0.0, status=state,
+                                  message=clean(message), duration=float(case.get("time", 0) or 0)))
+    # pytest exits 0 when nothing failed, 1 when a check failed: results that say otherwise
+    # were not the ones pytest wrote
+    if (status == 0) != all(r.status != "failed" for r in results) or status not in (0, 1):
+        return all_failed(f"the results of test_{exercise}.py disagree with how its checks ended "
+                          f"(exit status {status}); they were changed or the run was cut short")
+    return results

@@ -432,7 +432,6 @@ class Worker:
         if self.proc is None or self.proc.poll() is not None:
             self.start()
         self.current_timeout = timeout or self.timeout
-        self.log_mark = os.fstat(self.log.fileno()).st_size
         self._next_id += 1
         hung = [{"file": file, "function": function, "line": line,
                  "message": f"{file} line {line}, in {function}, already timed out {count} times"}

@@ -68,11 +68,14 @@ ATTACKS = {
         edits={FT: [("    block_m = tl.program_id(0)\n", "    torch.manual_seed(0)\n    block_m = tl.program_id(0)\n")]}),
     # bans: the old tests patched torch's functions during the call
     "softmax_by_getattr": dict(
-        # torch's softmax also gives NaN on all -inf rows: that test fails on its own merits
-        exercise="attention", fails=["softmax_is_written_by_hand", "softmax_all_masked_rows"],
-        edits={A: [("row_max = x.amax(dim=dim, keepdim=True)", "return getattr(torch, 'soft' + 'max')(x, dim)")]}),
+        exercise="attention", fails=["softmax_is_written_by_hand"],
+        edits={A: [("row_max = x.amax(dim=dim, keepdim=True)",
+                    "return torch.nan_to_num(getattr(torch, 'soft' + 'max')(x, dim), nan=0.0)  # all -inf rows: 0")]}),
     "layernorm_captured_at_import": dict(
         exercise="layers", fails=["layernorm_is_written_by_hand"],
+        # F.layer_norm's float64 weight gradient on small-variance rows is 9e-14 off, beyond
+        # today's 6.6e-15: the validity issue's false fail, not this attack's doing
+        also_fails=["norm_gradients[LayerNorm]"],
         edits={L: [("return (normed * self.weight + self.bias).to(x.dtype)",
                     "return _layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)"),
                    ("import torch\n", "import torch\n\n_layer_norm = torch.nn.functional.layer_norm  # before any ban\n")]}),
@@ -114,6 +117,7 @@ def test_forging_a_measurement_gains_nothing(tmp_path, name, solutions_report):
     scored = [t["name"] for t in attacked if t["points"] > 0]
     assert not scored, f"{name} still scores on {scored}"
     if not case.get("all_fail"):  # the rest of the reference still scores: the attack is all that changed
-        others = [t for n, t in by_name.items() if t not in attacked]
+        others = [t for n, t in by_name.items()
+                  if t not in attacked and not any(n.startswith(p) for p in case.get("also_fails", []))]
         assert others and all(t["status"] == "passed" for t in others), \
             [(t["name"], t["message"][:200]) for t in others if t["status"] != "passed"]

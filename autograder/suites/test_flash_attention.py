@@ -158,6 +158,13 @@ def test_memory_stays_linear(worker, causal):
             f"the worker held before your code was imported (the cap covers q, k, v, outputs, gradients and "
             f"tiles up to 1024 x 1024; one n x n float32 matrix is {n * n * 4 / MiB:.0f} MiB): something of "
             f"size n x n, or a tile far larger than 1024 x 1024, was held ({error})") from None
+    shapes = {"o": (1, 1, n, d), "lse": (1, 1, n), "out": (1, 1, n, d)}
+    for key, shape in shapes.items():
+        assert isinstance(got[key], torch.Tensor) and tuple(got[key].shape) == shape, (
+            f"{key} at n={n}: expected a tensor of shape {shape}, got {_describe(got[key])}")
+    assert isinstance(got["grads"], list) and all(isinstance(g, torch.Tensor) and tuple(g.shape) == (1, 1, n, d)
+                                                  for g in got["grads"]), (
+        f"dq, dk, dv at n={n}: expected tensors of shape {(1, 1, n, d)}, got {[_describe(g) for g in got['grads']]}")
     q, k, v, grad = flash_inputs(n, d, 0)
     rows = torch.cat([torch.arange(0, 96), torch.arange(n // 2, n // 2 + 32), torch.arange(n - 96, n)])
     o, lse, dq, dv_sum = truth_rows(q, k, v, grad, rows, causal)
@@ -170,6 +177,10 @@ def test_memory_stays_linear(worker, causal):
         check_tensor(value, expected, f"{name} at n={n} (sampled rows)", dtype=F32, n_terms=n + d, magnitude=8.0)
 
 
+def _describe(value):
+    return f"shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
+
+
 @pytest.mark.points(2)
 def test_causal_skips_future_blocks(worker):
     """with is_causal, key blocks entirely in the future are never read: NaN keys and values in
@@ -179,7 +190,11 @@ def test_causal_skips_future_blocks(worker):
     poisoned_k, poisoned_v = k.clone(), v.clone()
     poisoned_k[..., n - bk:, :] = float("nan")  # the last key block: after every query before it
     poisoned_v[..., n - bk:, :] = float("nan")
-    o, lse = worker.call("flash_attention.flash_attention_forward", q, poisoned_k, poisoned_v, True, bq, bk)
+    got = worker.call("flash_attention.flash_attention_forward", q, poisoned_k, poisoned_v, True, bq, bk)
+    assert isinstance(got, (tuple, list)) and len(got) == 2, "flash_attention_forward must return (o, lse)"
+    o, lse = got
+    assert isinstance(o, torch.Tensor) and tuple(o.shape) == tuple(q.shape), (
+        f"o: expected shape {tuple(q.shape)}, got {_describe(o)}")
     expected_o, expected_lse = truth(q, k, v, True)
     early = slice(0, n - bk)  # these rows never see the poisoned keys
     bad = torch.isnan(o[..., early, :]).any(dim=-1)
