@@ -79,7 +79,7 @@ def _grade_class(args) -> int:
 def _classroom_score(args) -> int:
     from .classroom import classroom_score
 
-    return classroom_score(Path(args.report))
+    return classroom_score(Path(args.report), args.check)
 
 
 def _gradescope(args) -> int:
@@ -182,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("classroom-score", help="print a report's score for GitHub Classroom")
     p.add_argument("report", help="a JSON report from `grade --json`")
+    p.add_argument("--check", metavar="EXERCISE/TEST", help="exit 0 only if this check passed (else: only at full marks)")
     p.set_defaults(run=_classroom_score)
 
     p = sub.add_parser("gradescope", help="build the Gradescope autograder zip")

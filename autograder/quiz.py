@@ -100,7 +100,7 @@ def source_quiz(nb) -> tuple[dict[str, str], list[Question]]:
     answers, questions = {}, []
     for cell in nb.cells:
         meta = _nbgrader(cell)
-        if meta.get("solution") and not meta.get("grade"):
+        if meta.get("solution"):  # a markdown answer is also a (manually graded) grade cell
             answers[meta["grade_id"]] = cell.cell_type
         elif meta.get("grade") and cell.cell_type == "code":
             test = _text(cell.source)
@@ -337,7 +337,7 @@ def feedback_notebook(released, answers: list[tuple[str, str, str]], results: di
         meta = _nbgrader(cell)
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
-        if meta.get("solution") and not meta.get("grade"):
+        if meta.get("solution"):
             text = "\n\n".join(by_id.get(meta.get("grade_id"), [""]))
             cell.source = sanitise_markdown(text) if cell.cell_type == "markdown" else text
         elif meta.get("grade") and meta.get("grade_id") in results:

@@ -43,11 +43,47 @@ def build(out: Path) -> list[str]:
         "the public checks in exercises/checks instead.\n")
     workflow = out / ".github" / "workflows"
     workflow.mkdir(parents=True)
-    shutil.copy(ROOT / "autograder" / "templates" / "classroom.yml", workflow / "classroom.yml")
+    (workflow / "classroom.yml").write_text(classroom_workflow())
     (out / "lectures").mkdir()
     for notebook in sorted((ROOT / "lectures").glob("*.ipynb")):
         student_notebook(notebook, out / "lectures" / notebook.name)
     return leak_check(out)
+
+
+def classroom_workflow(checks: dict[str, list[str]] | None = None) -> str:
+    """The GitHub Classroom workflow: the template with one command-grader step per public
+    check (1 point, its command exits 0 only if the check passed), so that the points
+    Classroom adds up are the public grade (``runner.grade_public``: one point per check)."""
+    import json
+
+    from .runner import public_check_ids
+
+    checks = checks if checks is not None else public_check_ids()
+    steps, env, runners = [], [], []
+    for file in sorted(checks):
+        exercise = Path(file).stem.removeprefix("test_")
+        for name in checks[file]:
+            runner = f"check{len(runners) + 1:02d}"
+            check = f"{exercise}/{name}"
+            # json.dumps: a double-quoted YAML scalar (check names hold brackets)
+            steps.append(f"      - id: {runner}\n"
+                         f"        name: {json.dumps('Check ' + check)}\n"
+                         f"        uses: classroom-resources/autograding-command-grader@v1\n"
+                         f"        with:\n"
+                         f"          test-name: {json.dumps(check)}\n"
+                         f"          setup-command: \"\"\n"
+                         f"          command: {json.dumps(f'python -m autograder classroom-score report.json --check {json.dumps(check)}')}\n"
+                         f"          timeout: 1\n"
+                         f"          max-score: 1\n")
+            env.append(f"          {runner.upper()}_RESULTS: \"${{{{ steps.{runner}.outputs.result }}}}\"\n")
+            runners.append(runner)
+    text = (ROOT / "autograder" / "templates" / "classroom.yml").read_text()
+    for marker, value in (("      # CHECK STEPS\n", "".join(steps)), ("          # RESULTS ENV\n", "".join(env)),
+                          ("# RUNNERS", ",".join(runners))):
+        if marker not in text:
+            raise ValueError(f"the workflow template has no {marker.strip()!r} line to fill in")
+        text = text.replace(marker, value)
+    return text
 
 
 def student_notebook(source: Path, target: Path) -> None:

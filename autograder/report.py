@@ -58,9 +58,10 @@ class Report:
     def exercise_results(self, exercise: str) -> list[TestResult]:
         return [r for r in self.results if r.exercise == exercise]
 
-    def hint(self) -> str | None:
-        """The single most useful line: a named known mistake, else the first failure."""
-        failures = [r for r in self.results if r.status != "passed"]
+    def hint(self, visible_only: bool = False) -> str | None:
+        """The single most useful line: a named known mistake, else the first failure.
+        ``visible_only``: from tests a student may see now (Gradescope visibility "visible")."""
+        failures = [r for r in self.results if r.status != "passed" and (r.visibility == "visible" or not visible_only)]
         for r in failures:
             if "known mistake" in r.message:
                 return clean(f"{r.exercise}/{r.name}: " + r.message.split("known mistake: ", 1)[1].splitlines()[0])
@@ -182,11 +183,16 @@ class Report:
                 "visibility": r.visibility,
             })
         notes = self.intake_notes()
+        # the top-level output is always shown: only tests shown now may reach it (a hidden
+        # test's name, points or message, with the reference's values, would leak there)
+        shown = [r for r in self.results if r.visibility == "visible"]
+        hint = self.hint(visible_only=True)
         return clean_data({
             "score": self.score,
             "execution_time": round(self.duration, 3),
-            "output": f"Total {_num(self.score)} / {_num(self.max_score)} points."
-                      + (f" Hint: {self.hint()}" if self.hint() else "")
+            "output": f"Total of the tests shown: {_num(sum(r.points for r in shown))} / "
+                      f"{_num(sum(r.max_points for r in shown))} points."
+                      + (f" Hint: {hint}" if hint else "")
                       + "".join(f"\nIntake: {note}" for note in notes),
             "visibility": "visible",
             "stdout_visibility": "hidden",

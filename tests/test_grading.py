@@ -40,6 +40,7 @@ VARIANTS = {  # variant folder -> the exercises it implements differently
     "complex": ["rope", "positional"],
     "blocks": ["layers", "decoder_block", "gpt"],
     "flash_key_outer": ["flash_attention"],
+    "flash_big_tiles": ["flash_attention"],
     "seq2seq_alt": ["seq2seq"],
 }
 

@@ -12,7 +12,6 @@ import pytest
 import yaml
 
 from autograder import release
-from autograder.isolation import privilege_drop_available
 from tests.conftest import FIXTURES, ROOT
 
 pytestmark = pytest.mark.slow
@@ -108,7 +107,7 @@ def test_gradescope_package_in_a_simulated_autograder_tree(tmp_path):
     shutil.copytree(ROOT / "solutions", upload)
     attention = upload / "attention.py"
     attention.write_text(attention.read_text().replace("scale = 1.0 / math.sqrt(d_k)", "scale = 1.0"))
-    # and a link to the hidden reference: run_autograder must copy it as a link, not as the file
+    # and a link to the hidden reference: run_autograder must not read through it
     (upload / "rope.py").unlink()
     (upload / "rope.py").symlink_to(source / "course" / "solutions" / "rope.py")
     env = dict(os.environ, AUTOGRADER_ROOT=str(root), AUTOGRADER_PYTHON=sys.executable)
@@ -122,10 +121,11 @@ def test_gradescope_package_in_a_simulated_autograder_tree(tmp_path):
     assert 0 < results["score"] < sum(t["max_score"] for t in tests.values())
     assert tests["attention: sdpa_values[batch-heads]"]["status"] == "failed"
     assert "not scaled by 1/sqrt(d_k)" in tests["attention: sdpa_values[batch-heads]"]["output"]
-    if privilege_drop_available():  # without it the worker may follow the link (threat model)
-        rope = [t for name, t in tests.items() if name.startswith("rope:")]
-        assert rope and all(t["score"] == 0 for t in rope)
-        assert "rope.py is a symbolic link" in tests["rope: rope_cos_sin_values[4]"]["output"]
+    # the link leads outside the upload: refused when the upload is read, named in the output
+    rope = [t for name, t in tests.items() if name.startswith("rope:")]
+    assert rope and all(t["score"] == 0 for t in rope)
+    assert "link outside your submission (my-course/exercises/rope.py" in results["output"]
+    assert "Graded: the folder my-course/exercises of your upload" in results["output"]
     hidden = [t for t in tests.values() if t["visibility"] == "after_published"]
     assert hidden and all(t["name"].startswith("kv_cache: greedy_generation") for t in hidden)
 
@@ -147,9 +147,17 @@ def test_gradescope_run_reports_a_broken_grader_in_results_json(tmp_path):
 def test_github_classroom_workflow(student_release, tmp_path):
     workflow = yaml.safe_load((student_release / ".github" / "workflows" / "classroom.yml").read_text())
     steps = workflow["jobs"]["grade"]["steps"]
-    command = next(s for s in steps if s.get("id") == "course")["with"]["command"]
-    assert "python -m autograder grade --json report.json" in command and "classroom-score" in command
+    assert any(s.get("run") == "python -m autograder grade --json report.json" for s in steps)
+    graders = [s for s in steps if "autograding-command-grader" in s.get("uses", "")]
+    assert graders and all(s["with"]["max-score"] == 1 and "classroom-score report.json --check" in s["with"]["command"]
+                           for s in graders)
+    # classroom-score exits 0 only at full marks, or with --check only when that check passed
     report = tmp_path / "report.json"
-    report.write_text(json.dumps({"score": 21, "max_score": 28}))
+    report.write_text(json.dumps({"score": 21, "max_score": 28, "exercises": [
+        {"name": "attention", "tests": [{"name": "test_a", "status": "passed", "message": ""},
+                                        {"name": "test_b", "status": "failed", "message": "no"}]}]}))
     proc = cli("classroom-score", str(report))
-    assert proc.returncode == 0 and "score: 21 / 28 (75%)" in proc.stdout
+    assert proc.returncode == 1 and "score: 21 / 28 (75%)" in proc.stdout
+    assert cli("classroom-score", str(report), "--check", "attention/test_a").returncode == 0
+    assert cli("classroom-score", str(report), "--check", "attention/test_b").returncode == 1
+    assert cli("classroom-score", str(report), "--check", "attention/test_c").returncode == 1

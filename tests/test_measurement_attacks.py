@@ -21,6 +21,16 @@ FA, FT = "flash_attention.py", "flash_attention_triton.py"
 
 FLASH_LOOP = "    for i0 in range(0, n_q, block_q):\n        i1 = min(i0 + block_q, n_q)\n        q_i = q3[:, i0:i1] * scale"
 TRITON_HOST = "    b, h, n_q, d = q.shape\n    n_k = k.shape[2]\n"
+# attention with torch functions taken at import, before any runtime ban exists
+TORCH_ATTENTION = (
+    "\n_matmul, _softmax = torch.matmul, torch.softmax\n\n\n"
+    "def _torch_attention(q, k, v, is_causal):\n"
+    "    s = _matmul(q, k.transpose(-1, -2)) / math.sqrt(q.shape[-1])\n"
+    "    if is_causal:\n"
+    "        n_q, n_k = q.shape[-2], k.shape[-2]\n"
+    "        future = torch.arange(n_k)[None, :] > torch.arange(n_q)[:, None] + (n_k - n_q)\n"
+    "        s = s.masked_fill(future, float('-inf'))\n"
+    "    return _matmul(_softmax(s, -1), v)\n")
 
 ATTACKS = {
     # memory: the old test reset VmHWM through /proc/self/clear_refs inside the worker
@@ -32,33 +42,34 @@ ATTACKS = {
                      "    with open('/proc/self/clear_refs', 'w') as f:\n        f.write('5')  # forget the peak\n"
                      + FLASH_LOOP)]}),
     # causal skipping: the old test counted FLOPs with FlopCounterMode, which a submission can pop
-    "no_skipping_and_pops_the_flop_counter": dict(
+    "no_skipping_hidden_from_the_flop_counter": dict(
         exercise="flash_attention", fails=["causal_skips_future_blocks"],
-        # computes every tile (masked, not skipped) and scrubs NaN from keys and values, so that
-        # poisoned future keys would pass unnoticed
+        # visits every key block; the ones in the future are computed with elementwise products
+        # (no matmul for a FLOP counter to see) and masked, and NaN is scrubbed from k and v
         edits={FA: [("    end = n_k\n    if is_causal:\n        end = max(", "    end = n_k\n    if False:\n        end = max("),
                     ("            s = q_i @ k3[:, j0:j1].transpose(1, 2)  # (B, bq, bk): one tile of scores",
-                     "            s = q_i @ torch.nan_to_num(k3[:, j0:j1]).transpose(1, 2)"),
+                     "            future = is_causal and j0 > n_k - n_q + i1 - 1\n"
+                     "            k_tile, v_tile = torch.nan_to_num(k3[:, j0:j1]), torch.nan_to_num(v3[:, j0:j1])\n"
+                     "            s = (q_i[:, :, None, :] * k_tile[:, None, :, :]).sum(-1) if future else q_i @ k_tile.transpose(1, 2)"),
                     ("acc = alpha[..., None] * acc + p @ v3[:, j0:j1]",
-                     "acc = alpha[..., None] * acc + p @ torch.nan_to_num(v3[:, j0:j1])")]}),
+                     "acc = alpha[..., None] * acc + ((p[..., None] * v_tile[:, None]).sum(2) if future else p @ v_tile)")]}),
     # Triton: the old test counted launches and banned torch.matmul inside the worker
     "triton_torch_fallback_with_a_captured_matmul": dict(
         exercise="flash_attention_triton", fails=["triton_kernel_output"], all_fail=True,
         edits={FT: [(TRITON_HOST,
-                     "    o = _softmax(_matmul(q, k.transpose(-1, -2)) / math.sqrt(q.shape[-1]), -1)\n"
+                     "    o = _torch_attention(q, k, v, is_causal)\n"
                      "    _flash_forward_kernel[(1, 1)](q, k, v, o, 0, 0, 1.0, 0, 0, 0, 0, 0, 0, 0, 0, IS_CAUSAL=False,"
                      " HEAD_DIM=16, BLOCK_M=16, BLOCK_N=16)  # a launch that writes nothing (n_q = 0)\n"
-                     "    return _matmul(o, v)\n"),
-                    ("import triton.language as tl\n",
-                     "import triton.language as tl\n\n_matmul, _softmax = torch.matmul, torch.softmax  # before any ban\n")]}),
+                     "    return o\n"),
+                    ("import triton.language as tl\n", "import triton.language as tl\n" + TORCH_ATTENTION)]}),
     "triton_host_answer_copied_by_the_kernel": dict(
         exercise="flash_attention_triton", fails=["triton_kernel_output"], all_fail=True,
         edits={FT: [(TRITON_HOST,
-                     "    answer = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=is_causal and "
-                     "q.shape[2] == k.shape[2])\n"
+                     "    answer = _torch_attention(q, k, v, is_causal).contiguous()\n"
                      "    o = torch.empty_like(answer)\n"
                      "    _copy_kernel[(1,)](answer, o, answer.numel(), BLOCK=triton.next_power_of_2(answer.numel()))\n"
                      "    return o\n"),
+                    ("import triton.language as tl\n", "import triton.language as tl\n" + TORCH_ATTENTION),
                     ("@triton.jit\ndef _flash_forward_kernel(",
                      "@triton.jit\ndef _copy_kernel(src, dst, n, BLOCK: tl.constexpr):\n"
                      "    offs = tl.arange(0, BLOCK)\n    tl.store(dst + offs, tl.load(src + offs, mask=offs < n), "
@@ -70,19 +81,25 @@ ATTACKS = {
     "softmax_by_getattr": dict(
         exercise="attention", fails=["softmax_is_written_by_hand"],
         edits={A: [("row_max = x.amax(dim=dim, keepdim=True)",
-                    "return torch.nan_to_num(getattr(torch, 'soft' + 'max')(x, dim), nan=0.0)  # all -inf rows: 0")]}),
+                    "return torch.nan_to_num(_found(x, dim), nan=0.0)  # all -inf rows: 0"),
+                   ("def softmax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:",
+                    "_found = getattr(torch, 'soft' + 'max')  # at import, before any runtime ban\n\n\n"
+                    "def softmax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:")]}),
     "layernorm_captured_at_import": dict(
         exercise="layers", fails=["layernorm_is_written_by_hand"],
         # F.layer_norm's float64 weight gradient on small-variance rows is 9e-14 off, beyond
         # today's 6.6e-15: the validity issue's false fail, not this attack's doing
         also_fails=["norm_gradients[LayerNorm]"],
         edits={L: [("return (normed * self.weight + self.bias).to(x.dtype)",
-                    "return _layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)"),
-                   ("import torch\n", "import torch\n\n_layer_norm = torch.nn.functional.layer_norm  # before any ban\n")]}),
+                    "return _layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)[0]"),
+                   ("import torch\n", "import torch\n\n_layer_norm = torch.native_layer_norm  # not a banned name at run time\n")]}),
     "cache_grows_with_a_cat_captured_at_import": dict(
         exercise="kv_cache", fails=["cache_is_preallocated"],
+        # grows by concatenation, then copies back so that the views share one storage
         edits={K: [("return k_buffer[:, :, :start + new], v_buffer[:, :, :start + new]",
-                    "return (_join([k_buffer[:, :, :start], k], dim=2), _join([v_buffer[:, :, :start], v], dim=2))"),
+                    "k_buffer[:, :, :start + new] = _join([k_buffer[:, :, :start].clone(), k], dim=2)\n"
+                    "        v_buffer[:, :, :start + new] = _join([v_buffer[:, :, :start].clone(), v], dim=2)\n"
+                    "        return k_buffer[:, :, :start + new], v_buffer[:, :, :start + new]"),
                    ("import torch\n", "import torch\n\n_join = torch.cat  # taken before any counting patch\n")]}),
     # the cache in the model: the old tests patched update() and hooked forward
     "generate_reruns_the_prompt_past_the_hook": dict(

@@ -1,6 +1,7 @@
-"""nbgrader used for real: a course directory, generate_assignment, autograde, feedback and
-export with the real commands and a real SQLite gradebook, plus the exercise scores of
-grade-class imported into the same gradebook."""
+"""nbgrader used for real: a course directory, generate_assignment, the course's sandboxed
+quiz grading (quiz-grade, in place of nbgrader autograde), feedback and export with the real
+commands and a real SQLite gradebook, plus the exercise scores of grade-class imported into
+the same gradebook."""
 import csv
 import json
 import os
@@ -52,11 +53,16 @@ def test_quiz_flow_and_one_gradebook_for_quizzes_and_exercises(tmp_path):
         folder.mkdir(parents=True)
         shutil.copy(notebook, folder / notebook.name)
         (folder / "attention.py").write_text(f"# {student}'s own file\n")
-    nbgrader("autograde", "lecture01", cwd=course)
+    # the course's grading path (nbgrader autograde is refused by the course's config)
+    proc = subprocess.run([sys.executable, "-m", "autograder", "quiz-grade", "lecture01", "--course", str(course)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert not (course / "autograded" / "alice" / "lecture01" / "attention.py").exists()
     assert (course / "submitted" / "alice" / "lecture01" / "attention.py").read_text() == "# alice's own file\n"
     nbgrader("generate_feedback", "lecture01", cwd=course)
-    assert list((course / "feedback" / "alice" / "lecture01").glob("*.html"))
+    feedback = {s: next((course / "feedback" / s / "lecture01").glob("*.html")).read_text() for s in ("alice", "bob")}
+    assert all("HIDDEN TESTS" not in page and "2 * 8 * 2048**2 * 4" not in page for page in feedback.values())
+    assert "passed" in feedback["alice"] and "raised NotImplementedError" in feedback["bob"]
 
     # the exercise scores from grade-class go into the same gradebook
     reports = tmp_path / "reports"
