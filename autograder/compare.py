@@ -81,7 +81,7 @@ def check_tensor(actual, expected: torch.Tensor, what: str, *, tol: float | None
             bad = (actual != expected).nonzero()
             raise Mismatch(f"{what}: {len(bad)} of {expected.numel()} entries differ, first at "
                            f"index {tuple(bad[0].tolist())}: expected {expected[tuple(bad[0])].item()}, "
-                           f"got {actual[tuple(bad[0])].item()}" + _named_mistake(actual, mistakes, tol=0.0))
+                           f"got {actual[tuple(bad[0])].item()}" + _named_mistake(actual, mistakes, 0.0, expected))
         return
     tol = tolerance(dtype, n_terms, magnitude) if tol is None else tol
     a, e = actual.double(), expected.double()
@@ -91,12 +91,12 @@ def check_tensor(actual, expected: torch.Tensor, what: str, *, tol: float | None
         index = tuple(nan_where_finite.nonzero()[0].tolist())
         raise Mismatch(f"{what}: NaN at index {index} ({int(nan_where_finite.sum())} NaN entries) "
                        f"where {e[index].item():.6g} was expected"
-                       + _named_mistake(actual, mistakes, tol))
+                       + _named_mistake(actual, mistakes, tol, expected))
     if not torch.equal(torch.isfinite(a), finite) or not torch.equal(a[~finite], e[~finite]):
         index = tuple((torch.isfinite(a) != finite).nonzero()[0].tolist()) if not torch.equal(
             torch.isfinite(a), finite) else tuple((~finite).nonzero()[0].tolist())
         raise Mismatch(f"{what}: at index {index} expected {e[index].item()}, got {a[index].item()}"
-                       + _named_mistake(actual, mistakes, tol))
+                       + _named_mistake(actual, mistakes, tol, expected))
     error = ((a - e).abs() - tol * e.abs())[finite]
     if error.numel() and error.max() > tol:
         diff = torch.where(finite, (a - e).abs(), torch.zeros_like(a))
@@ -105,7 +105,8 @@ def check_tensor(actual, expected: torch.Tensor, what: str, *, tol: float | None
                        f"(allowed {tol:.2g} + {tol:.2g}*|expected| for "
                        f"{str(dtype).replace('torch.', '')}); at index {index} expected "
                        f"{e[index].item():.6g}, got {a[index].item():.6g}"
-                       + _named_mistake(actual, mistakes, tol))
+                       + (_named_mistake(actual, mistakes, tol, expected)
+                          or _precision_hint(a, e, dtype, n_terms, magnitude)))
 
 
 def close(actual: torch.Tensor, expected: torch.Tensor, tol: float) -> bool:
@@ -119,16 +120,49 @@ def close(actual: torch.Tensor, expected: torch.Tensor, tol: float) -> bool:
     return bool(ok.all())
 
 
-def _named_mistake(actual, mistakes, tol) -> str:
+def _distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Largest absolute difference, NaN and infinities included (equal infinities count 0)."""
+    a, b = a.double(), b.double()
+    same = (a == b) | (torch.isnan(a) & torch.isnan(b))
+    diff = torch.where(same, torch.zeros_like(a), (a - b).abs().nan_to_num(nan=math.inf))
+    return diff.max().item() if diff.numel() else 0.0
+
+
+def _named_mistake(actual, mistakes, tol, expected=None) -> str:
+    """A known mistake's sentence, only where the numbers show it: on this input the mistake's
+    value is far from the reference (beyond 10x the tolerance, so the mistake is visible
+    here at all), the submission matches it within a loose tolerance, and the submission is
+    much nearer to it than to the reference."""
     if mistakes is None:
         return ""
     for description, wrong in mistakes():
-        if wrong is None:
+        if wrong is None or tuple(wrong.shape) != tuple(actual.shape):
             continue
-        if tuple(wrong.shape) != tuple(actual.shape):
-            continue
-        # a looser test than the one that failed: a mistake is named when it explains the
-        # value, not when it reproduces it to the last bit
-        if math.isinf(tol) or close(actual, wrong, max(tol, 1e-6) * 4):
+        if math.isinf(tol):  # a shape mistake: the shape is the evidence
             return f"\n  This looks like a known mistake: {description}"
+        loose = max(tol, 1e-6) * 4
+        if not close(actual, wrong, loose):
+            continue
+        if expected is not None and tuple(expected.shape) == tuple(wrong.shape):
+            scale = 1.0 + expected.double().abs().nan_to_num(posinf=0.0, neginf=0.0).max().item()
+            apart = _distance(wrong, expected)
+            if apart <= 10 * loose * scale or _distance(actual, wrong) * 10 > _distance(actual, expected):
+                continue  # on this input the mistake and the right answer cannot be told apart
+        return f"\n  This looks like a known mistake: {description}"
+    return ""
+
+
+FLOAT32_PART = ("part of the computation ran in float32 (e.g. a .float() or a float32 constant "
+                "tensor): float64 inputs must be computed in float64 end to end")
+
+
+def _precision_hint(a: torch.Tensor, e: torch.Tensor, dtype, n_terms, magnitude) -> str:
+    """The precision contract's named mistake: a float64 result only float32-accurate."""
+    if dtype != torch.float64:
+        return ""
+    finite = torch.isfinite(e)
+    loose = tolerance(torch.float32, n_terms, magnitude)
+    error = ((a - e).abs() - loose * e.abs())[finite]
+    if error.numel() and error.max() <= loose:
+        return f"\n  This looks like a known mistake: {FLOAT32_PART}"
     return ""

@@ -41,6 +41,7 @@ VARIANTS = {  # variant folder -> the exercises it implements differently
     "blocks": ["layers", "decoder_block", "gpt"],
     "flash_key_outer": ["flash_attention"],
     "flash_big_tiles": ["flash_attention"],
+    "triton_descriptor": ["flash_attention_triton"],
     "seq2seq_alt": ["seq2seq"],
 }
 

@@ -26,6 +26,11 @@ def test_mutant_loses_points_and_is_named(tmp_path, name, solutions_report):
                     if any(n.startswith(p) for p in mutant["fails"])]
         assert any(mutant["names"] in msg for msg in messages), (
             f"{name}: no failure message names the mistake; messages were:\n" + "\n".join(messages))
+    # no wrong diagnosis: every known mistake the feedback names is this mutant's own
+    named = [msg.split("known mistake: ", 1)[1].splitlines()[0] for t in by_name.values()
+             for msg in [t["message"]] if "known mistake: " in msg]
+    wrong = [n for n in named if not (mutant["names"] and mutant["names"] in n)]
+    assert not wrong, f"{name}: the feedback names a mistake this mutant does not make: {wrong[:2]}"
     # the mutant changes one thing: tests that exercise none of it still pass (unless the
     # exercise's every test uses that one thing)
     if not mutant.get("all_fail"):

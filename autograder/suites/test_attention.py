@@ -111,6 +111,14 @@ def test_causal_mask_with_cache_offset(worker, n_q, n_k):
                  mistakes=lambda: mistakes.causal_mask_mistakes(n_q, n_k))
 
 
+@pytest.mark.points(1)
+def test_causal_mask_more_queries_than_keys(worker):
+    """causal_mask(5, 3): queries 0 and 1 sit before the first key (all False), then the diagonal."""
+    got = worker.call("attention.causal_mask", 5, 3)
+    check_tensor(got, ref.causal_mask(5, 3), "causal_mask(5, 3) (query i at position n_k - n_q + i = i - 2)",
+                 mistakes=lambda: mistakes.causal_mask_mistakes(5, 3))
+
+
 # ---------------------------------------------------------------------------------------
 # scaled_dot_product_attention
 # ---------------------------------------------------------------------------------------

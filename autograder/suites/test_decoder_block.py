@@ -35,6 +35,22 @@ def run(worker, config, state, x, **call):
 
 
 @pytest.mark.points(1)
+@pytest.mark.parametrize("name", ["gpt2-preln", "llama-gqa-rope"])
+def test_block_uses_norm_eps(worker, name):
+    """the norms use BlockConfig.norm_eps (0.5 here; inputs of small variance, so eps matters)."""
+    config = {**CONFIGS[name], "norm_eps": 0.5}
+    block, state = reference(config, seed=21)
+    x = randn(2, 5, 24, seed=22, dtype=F64, scale=0.3)
+    got = run(worker, config, state, x)
+    with torch.no_grad():
+        expected = block(x)
+        default = reference({**config, "norm_eps": BlockConfig.norm_eps}, seed=21)[0](x)
+    check_tensor(got["out"], expected, f"DecoderBlock({name}, norm_eps=0.5)(x)", n_terms=40,
+                 mistakes=lambda: [("the norms ignore BlockConfig.norm_eps (built with their default eps): "
+                                    "pass eps=config.norm_eps", default)])
+
+
+@pytest.mark.points(1)
 @pytest.mark.parametrize("name", CONFIGS)
 def test_block_parameters(worker, name):
     """DecoderBlock has norm1, attn, norm2, ffn with the API's names and shapes (d_ff None -> 4 d)."""

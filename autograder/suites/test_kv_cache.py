@@ -326,6 +326,19 @@ def test_sampling_top_p_support(worker):
                                      f"expected tokens {sorted(expected)}, drew {sorted(support)}")
 
 
+@pytest.mark.points(1)
+def test_sampling_top_p_boundary(worker):
+    """a token whose preceding mass is exactly top_p is outside the nucleus (four equal logits, top_p=0.5:
+    two tokens, each 0.25 exactly in float32)."""
+    logits = torch.tensor([[1.0, 1.0, 1.0, 1.0, -1e9]]).expand(N, -1).contiguous()
+    out = worker.call("@sample", logits, seed=3, top_p=0.5)
+    assert isinstance(out, torch.Tensor) and out.shape == (N,), f"expected ({N},) token ids, got {_short(out)}"
+    support = set(out.unique().tolist())
+    assert len(support) == 2 and support <= {0, 1, 2, 3}, (
+        f"top_p=0.5 over four tokens of probability 0.25: the nucleus is 2 tokens (0.25 + 0.25 reaches 0.5; "
+        f"the third token's preceding mass is exactly 0.5, so it is not needed); drew {sorted(support)}")
+
+
 @pytest.mark.points(2)
 @pytest.mark.parametrize("temperature", [0.5, 2.0])
 def test_sampling_temperature(worker, temperature):

@@ -14,7 +14,7 @@ F32 = torch.float32
 
 
 @pytest.mark.points(1)
-@pytest.mark.parametrize("max_len,d_model", [(1, 8), (12, 6), (50, 16), (2048, 64)])
+@pytest.mark.parametrize("max_len,d_model", [(1, 8), (12, 6), (50, 16), (2048, 64), (9, 7)])
 def test_sinusoidal_values(worker, max_len, d_model):
     """sinusoidal_encoding: even dims sin(pos / 10000^(2i/d)), odd dims cos(...)."""
     got = worker.call("positional.sinusoidal_encoding", max_len, d_model)
