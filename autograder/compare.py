@@ -39,15 +39,47 @@ def tolerance(dtype: torch.dtype, n_terms: int = 1, magnitude: float = 1.0) -> f
     return eps * (4 + 3 * magnitude) + 8 * acc_eps * math.sqrt(n_terms)
 
 
-def angle_tolerance(dtype: torch.dtype, max_angle: float, max_abs: float = 1.0) -> float:
+def angle_tolerance(dtype: torch.dtype, max_angle: float, max_abs: float = 1.0, n_terms: int = 1,
+                    magnitude: float = 1.0) -> float:
     """Tolerance for values built from cos/sin of angles computed in float32 (RoPE, sinusoids).
 
-    An angle ``p * f`` in float32 is off by up to ``p * f * eps32 / 2`` from rounding the
+    The precision contract (docs/API.md) makes the angle tables the only float32 part of a
+    float64 computation, so a float64 result carries their rounding and nothing more:
+    an angle ``p * f`` in float32 is off by up to ``p * f * eps32 / 2`` from rounding the
     product, plus a few eps32 relative from computing ``f = theta ** (-2i/d)`` with a pow
-    or an exp/log (two correct formulas differ by ~3e-5 at p ~ 2600, grading notes):
-    about ``3 * max_angle * eps32``, doubled for margin, times the size of what is rotated.
+    or an exp/log (two correct formulas differ by ~3e-5 at p ~ 2600, grading notes), and
+    cos/sin themselves are rounded to float32: about ``3 * max_angle * eps32``, doubled for
+    margin, times the size of what is rotated (``max_abs``: the largest |q| or |k| entering
+    RoPE, see ``rope_input_size``; 1 for a sinusoidal table, whose entries are cos/sin).
+    ``max_angle`` is the largest position times the largest frequency (``largest_angle``).
+    The rest of the computation keeps ``tolerance(dtype, n_terms, magnitude)``.
+    tests/test_tolerances.py measures the worst angle table the contract allows through a
+    block, a GPT and a Seq2Seq model: 0.07 of this bound or less.
     """
-    return tolerance(dtype) + 6 * torch.finfo(torch.float32).eps * max_angle * max(1.0, max_abs)
+    return (tolerance(dtype, n_terms, magnitude)
+            + 6 * torch.finfo(torch.float32).eps * max_angle * max(1.0, max_abs))
+
+
+def largest_angle(positions) -> float:
+    """The largest RoPE or sinusoidal angle at these positions: the largest position times the
+    largest frequency, theta ** 0 = 1 (pair 0) in every correct formula."""
+    positions = torch.as_tensor(positions)
+    return float(positions.max()) * 1.0 if positions.numel() else 0.0
+
+
+def rope_input_size(module: torch.nn.Module, run: Callable[[], object]) -> float:
+    """The largest |q| or |k| that RoPE rotates when ``run()`` calls ``module`` (the outputs of
+    every ``q_proj`` and ``k_proj`` inside it): the ``max_abs`` of ``angle_tolerance``."""
+    sizes = []
+    hooks = [m.register_forward_hook(lambda _m, _i, out: sizes.append(out.detach().abs().max().item()))
+             for name, m in module.named_modules() if name.split(".")[-1] in ("q_proj", "k_proj")]
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return max(sizes, default=1.0)
 
 
 def describe(value) -> str:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from autograder import mistakes
-from autograder.compare import check_tensor
+from autograder.compare import angle_tolerance, check_tensor, largest_angle, rope_input_size, tolerance
 from autograder.inputs import randn, random_state_dict
 from solutions.decoder_block import BlockConfig, DecoderBlock
 
@@ -29,6 +29,19 @@ def reference(config, seed):
     return block.eval(), state
 
 
+def block_tolerance(config, block, x, dtype, positions=None, n_terms=40, magnitude=1.0):
+    """The precision contract's tolerance for ``block(x, positions)``: with RoPE the float32
+    angles (the API's only float32 part) move a float64 result by up to the largest angle
+    times eps32 times the size of the rotated q and k (``angle_tolerance``); without RoPE
+    the plain ``tolerance``. A correct implementation with another frequency formula
+    (Hugging Face's ``1 / theta ** (2i/d)``) differs from the reference by exactly that."""
+    if config.get("rope_theta") is None:
+        return tolerance(dtype, n_terms, magnitude)
+    positions = torch.arange(x.shape[1]) if positions is None else positions
+    size = rope_input_size(block, lambda: block(x.double(), positions=positions))
+    return angle_tolerance(dtype, largest_angle(positions), size, n_terms, magnitude)
+
+
 def run(worker, config, state, x, **call):
     """The student's block built from BlockConfig(**config) inside the worker."""
     return worker.call("@block_forward", config, state, x, dtype=x.dtype, **call)
@@ -45,7 +58,8 @@ def test_block_uses_norm_eps(worker, name):
     with torch.no_grad():
         expected = block(x)
         default = reference({**config, "norm_eps": BlockConfig.norm_eps}, seed=21)[0](x)
-    check_tensor(got["out"], expected, f"DecoderBlock({name}, norm_eps=0.5)(x)", n_terms=40,
+    check_tensor(got["out"], expected, f"DecoderBlock({name}, norm_eps=0.5)(x)",
+                 tol=block_tolerance(config, block, x, F64),
                  mistakes=lambda: [("the norms ignore BlockConfig.norm_eps (built with their default eps): "
                                     "pass eps=config.norm_eps", default)])
 
@@ -71,7 +85,7 @@ def test_block_forward(worker, name):
     got = run(worker, CONFIGS[name], state, x)
     with torch.no_grad():
         expected = block(x)
-    check_tensor(got["out"], expected, f"DecoderBlock({name})(x)", n_terms=40,
+    check_tensor(got["out"], expected, f"DecoderBlock({name})(x)", tol=block_tolerance(CONFIGS[name], block, x, F64),
                  mistakes=lambda: mistakes.block_mistakes(block, x))
 
 
@@ -83,8 +97,8 @@ def test_block_float32(worker):
     got = run(worker, CONFIGS["llama-gqa-rope"], {k: v.float() for k, v in state.items()}, x)
     with torch.no_grad():
         expected = block(x.double())
-    check_tensor(got["out"], expected, "DecoderBlock(llama)(x) in float32", dtype=F32, n_terms=40,
-                 magnitude=4.0, mistakes=lambda: mistakes.block_mistakes(block, x))
+    check_tensor(got["out"], expected, "DecoderBlock(llama)(x) in float32", dtype=F32,
+                 tol=block_tolerance(CONFIGS["llama-gqa-rope"], block, x, F32, magnitude=4.0), mistakes=lambda: mistakes.block_mistakes(block, x))
 
 
 @pytest.mark.points(2)
@@ -130,5 +144,6 @@ def test_block_positions_reach_rope(worker):
     with torch.no_grad():
         expected = block(x, positions=positions)
         ignored = block(x)
-    check_tensor(got["out"], expected, "DecoderBlock(llama)(x, positions=[3, 4, 9, 10, 20])", n_terms=40,
+    check_tensor(got["out"], expected, "DecoderBlock(llama)(x, positions=[3, 4, 9, 10, 20])",
+                 tol=block_tolerance(config, block, x, F64, positions),
                  mistakes=lambda: [(mistakes.ROPE_POSITIONS_IGNORED, ignored)])

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from autograder import mistakes
-from autograder.compare import check_tensor
+from autograder.compare import angle_tolerance, check_tensor, largest_angle, rope_input_size, tolerance
 from autograder.inputs import random_state_dict
 from solutions.decoder_block import BlockConfig
 from solutions.gpt import GPT, GPTConfig
@@ -32,6 +32,18 @@ def reference(name, seed):
     return model.eval(), state
 
 
+def gpt_tolerance(model, idx, n_terms=40, magnitude=4.0):
+    """The precision contract's tolerance for ``model(idx)`` in float64: a RoPE model carries
+    its float32 angles (positions 0 .. s-1, the API's only float32 part), up to the largest
+    angle times eps32 times the size of the rotated q and k (``angle_tolerance``); a model
+    with learned positions only the plain ``tolerance``. Gradients and the logits after an
+    optimizer step inherit the same relative error."""
+    if model.config.block.rope_theta is None:
+        return tolerance(F64, n_terms, magnitude)
+    size = rope_input_size(model, lambda: model(idx))
+    return angle_tolerance(F64, largest_angle(torch.arange(idx.shape[1])), size, n_terms, magnitude)
+
+
 def tokens(name, seed, length=9, batch=2):
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, CONFIGS[name]["vocab_size"], (batch, length), generator=g)
@@ -49,14 +61,19 @@ def test_gpt_parameters(worker, name):
                                 f"unexpected {sorted(set(params) - set(expected))}")
 
 
-def after_one_step(model, idx, targets):
-    """The logits after one AdamW step on the cross-entropy (as the grader's adapter does it)."""
+def stepped(model, idx, targets):
+    """A copy of ``model`` after one AdamW step on the cross-entropy (as the grader's adapter does it)."""
     model = copy.deepcopy(model).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
     torch.nn.functional.cross_entropy(model(idx).flatten(0, 1), targets.flatten()).backward()
     optimizer.step()
+    return model.eval()
+
+
+def after_one_step(model, idx, targets):
+    """The logits after one AdamW step on the cross-entropy."""
     with torch.no_grad():
-        return model.eval()(idx)
+        return stepped(model, idx, targets)(idx)
 
 
 def retied(model, tie):
@@ -83,7 +100,8 @@ def test_gpt_weight_tying(worker, name):
     wrong = (mistakes.UNTIED if tied else
              "tie_weights=False, yet lm_head.weight is tok_emb.weight: keep two tensors")
     check_tensor(got["logits_after"], after_one_step(model, idx, targets),
-                 f"GPT({name}) logits after one AdamW step (tie_weights={tied})", n_terms=60, magnitude=4.0,
+                 f"GPT({name}) logits after one AdamW step (tie_weights={tied})",
+                 tol=gpt_tolerance(stepped(model, idx, targets), idx, n_terms=60),
                  mistakes=lambda: [(wrong, after_one_step(retied(model, not tied), idx, targets))])
 
 
@@ -96,7 +114,7 @@ def test_gpt_logits(worker, name):
     got = worker.call("@gpt_forward", CONFIGS[name], state, idx, dtype=F64)
     with torch.no_grad():
         expected = model(idx)
-    check_tensor(got["out"], expected, f"GPT({name})(idx (2, 9))", n_terms=40, magnitude=4.0,
+    check_tensor(got["out"], expected, f"GPT({name})(idx (2, 9))", tol=gpt_tolerance(model, idx),
                  mistakes=lambda: mistakes.gpt_mistakes(model, idx))
 
 
@@ -108,7 +126,8 @@ def test_gpt_single_token(worker):
     got = worker.call("@gpt_forward", CONFIGS["llama-untied"], state, idx, dtype=F64)
     with torch.no_grad():
         expected = model(idx)
-    check_tensor(got["out"], expected, "GPT(llama)(idx (3, 1))", n_terms=40, magnitude=4.0)
+    # one token at position 0: angle 0, cos 1 and sin 0 exactly, so the plain tolerance
+    check_tensor(got["out"], expected, "GPT(llama)(idx (3, 1))", tol=gpt_tolerance(model, idx))
 
 
 @pytest.mark.points(2)
@@ -123,7 +142,7 @@ def test_gpt_gradients(worker, name):
     model(idx).backward(grad_out)
     for n, p in model.named_parameters():
         hint = f" ({mistakes.UNTIED}?)" if n == "tok_emb.weight" and model.config.tie_weights else ""
-        check_tensor(got["param_grads"].get(n), p.grad, f"gradient of {n}{hint}", n_terms=60, magnitude=4.0)
+        check_tensor(got["param_grads"].get(n), p.grad, f"gradient of {n}{hint}", tol=gpt_tolerance(model, idx, 60))
 
 
 @pytest.mark.points(2)
@@ -142,5 +161,6 @@ def test_gpt_after_an_optimizer_step(worker, name):
     optimizer.step()
     with torch.no_grad():
         expected = reference_model.eval()(idx)
-    check_tensor(got["loss"], loss.detach(), "cross-entropy before the step", n_terms=60, magnitude=4.0)
-    check_tensor(got["logits_after"], expected, "logits after one AdamW step", n_terms=60, magnitude=4.0)
+    check_tensor(got["loss"], loss.detach(), "cross-entropy before the step", tol=gpt_tolerance(model, idx, 60))
+    check_tensor(got["logits_after"], expected, "logits after one AdamW step",
+                 tol=gpt_tolerance(reference_model, idx, 60))

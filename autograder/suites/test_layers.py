@@ -56,6 +56,15 @@ def test_norm_parameters(worker, cls, init, expected):
     assert params == expected, f"{cls}(d=12) parameters: expected {expected}, got {params}"
 
 
+@pytest.mark.points(1)
+@pytest.mark.parametrize("cls,eps", [("LayerNorm", 1e-5), ("RMSNorm", 1e-6)], ids=["LayerNorm", "RMSNorm"])
+def test_norm_default_eps(worker, cls, eps):
+    """built without eps, LayerNorm uses 1e-5 and RMSNorm 1e-6 (every other test passes eps)."""
+    x = norm_input(3, 16, seed=40)  # rows of variance ~1e-6: the default eps shows
+    _module_check(worker, cls, {"d": 16}, x, f"{cls}(16)(x) with the default eps={eps}", seed=41,
+                  magnitude=cancellation(x, eps))
+
+
 @pytest.mark.points(2)
 @pytest.mark.parametrize("shape,dtype,eps", [((2, 5, 16), F64, 1e-5), ((6, 7), F32, 1e-5), ((3, 8), F64, 0.1)],
                          ids=["3d-f64", "2d-f32", "eps-0.1"])

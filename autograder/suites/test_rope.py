@@ -130,6 +130,32 @@ def test_apply_rope_half_precision(worker, dtype):
     _check_rope(worker, x, positions, f"apply_rope(x in {dtype}, positions)")
 
 
+ANGLES_IN_INPUT_DTYPE = "the RoPE angles were computed in x's dtype, not in float32"
+
+
+def _rope_with_angles_in(dtype, x, positions, theta=10000.0):
+    """The mistake the API's "Angles computed in float32" rules out: p * theta^(-2i/d) in x's
+    dtype. bfloat16 holds 8 bits of mantissa, so position 5000 becomes 4992 (8 radians off)."""
+    d = x.shape[-1]
+    inv_freq = theta ** (-torch.arange(0, d, 2, dtype=dtype) / d)
+    angles = (positions.to(dtype)[..., None] * inv_freq).double()
+    x1, x2 = x.double()[..., : d // 2], x.double()[..., d // 2:]
+    return torch.cat([x1 * angles.cos() - x2 * angles.sin(), x2 * angles.cos() + x1 * angles.sin()], dim=-1)
+
+
+@pytest.mark.points(1)
+def test_apply_rope_half_precision_large_positions(worker):
+    """bfloat16 x at positions in the thousands: the angles are still computed in float32
+    (angles in bfloat16 lose whole radians there), the result comes back in bfloat16."""
+    x = randn(2, 2, 6, 16, seed=32, dtype=BF16)
+    positions = torch.tensor([1000, 2047, 2600, 3001, 4095, 5000])
+    got = worker.call("rope.apply_rope", x, positions)
+    expected = mistakes.rope_reference(x, positions)  # float64 angles; float32 ones are within tol
+    tol = angle_tolerance(BF16, positions.max().item(), x.abs().max().item())
+    check_tensor(got, expected, "apply_rope(x in bfloat16, positions 1000-5000)", dtype=BF16, tol=tol,
+                 mistakes=lambda: [(ANGLES_IN_INPUT_DTYPE, _rope_with_angles_in(BF16, x, positions))])
+
+
 @pytest.mark.points(1)
 def test_apply_rope_odd_head_dim_raises(worker):
     """an odd head_dim raises ValueError (there is no pair for the last dim)."""
@@ -225,3 +251,14 @@ def test_attention_rope_with_cache(worker):
     outputs = torch.cat(got["outputs"], dim=1)
     check_tensor(outputs, expected, "outputs of prefill + 3 cached steps vs. one full causal pass",
                  tol=tol)
+
+
+@pytest.mark.points(1)
+def test_attention_cross_attention_has_no_rope(worker):
+    """cross-attention (context given) uses no RoPE, even in a module built with rope_theta."""
+    state = random_state_dict(ref_attention.MultiHeadAttention(**ROPE_MHA).double(), seed=33)
+    x, context = randn(2, 6, 24, seed=34, dtype=F64), randn(2, 6, 24, seed=35, dtype=F64)
+    got = worker.call("@module_forward", "attention.MultiHeadAttention", ROPE_MHA, state, [x],
+                      {"context": context}, dtype=F64)
+    check_tensor(got["out"], _mha_reference(state, x, context=context),
+                 f"MultiHeadAttention({ROPE_MHA})(x, context=context)")
