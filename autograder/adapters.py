@@ -215,6 +215,16 @@ def gpt_parameters(sub, config):
     return _parameters(_gpt(sub, config))
 
 
+def gpt_config_fields(sub, config):
+    """A few fields of the student's ``GPT(config).config`` (missing ones as None)."""
+    kept = getattr(_gpt(sub, config), "config", None)
+    block = getattr(kept, "block", None)
+    fields = {name: getattr(kept, name, None) for name in ("vocab_size", "max_seq_len", "n_layers")}
+    fields.update({f"block.{name}": getattr(block, name, None) for name in ("d_model", "n_heads", "n_kv_heads")})
+    return {key: value if type(value) in (int, float, bool, str) or value is None else repr(value)[:80]
+            for key, value in fields.items()}
+
+
 def gpt_forward(sub, config, state_dict, idx, *, dtype=None, grad_output=None):
     return _run(_load_weights(_gpt(sub, config), state_dict, dtype, "GPT"), [idx], {}, grad_output)
 

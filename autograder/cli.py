@@ -150,6 +150,12 @@ def _bench(args) -> int:
     return 0
 
 
+def _adequacy(args) -> int:
+    from . import adequacy
+
+    return adequacy.main(args.exercise, run=args.run_grading, json_path=args.json)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m autograder", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -224,6 +230,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="sequence lengths for the flash benchmark")
     p.add_argument("--new-tokens", type=int, default=512, help="tokens to generate (default 512)")
     p.set_defaults(run=_bench)
+
+    p = sub.add_parser("adequacy", help="per exercise: tests, points, mutants caught, variants, API rules enforced")
+    p.add_argument("--exercise", action="append", metavar="NAME", help="only these exercises (default: all)")
+    p.add_argument("--run", dest="run_grading", action="store_true",
+                   help="also grade the mutants and variants for real (minutes; default: their declared results)")
+    p.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
+    p.set_defaults(run=_adequacy)
 
     args = parser.parse_args(argv)
     return args.run(args)

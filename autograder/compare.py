@@ -167,8 +167,9 @@ def _named_mistake(actual, mistakes, tol, expected=None) -> str:
     much nearer to it than to the reference."""
     if mistakes is None:
         return ""
+    found = []
     for description, wrong in mistakes():
-        if wrong is None or tuple(wrong.shape) != tuple(actual.shape):
+        if wrong is None or tuple(wrong.shape) != tuple(actual.shape) or description in found:
             continue
         if math.isinf(tol):  # a shape mistake: the shape is the evidence
             return f"\n  This looks like a known mistake: {description}"
@@ -180,7 +181,11 @@ def _named_mistake(actual, mistakes, tol, expected=None) -> str:
             apart = _distance(wrong, expected)
             if apart <= 10 * loose * scale or _distance(actual, wrong) * 10 > _distance(actual, expected):
                 continue  # on this input the mistake and the right answer cannot be told apart
-        return f"\n  This looks like a known mistake: {description}"
+        found.append(description)
+    if len(found) == 1:
+        return f"\n  This looks like a known mistake: {found[0]}"
+    if found:  # on this input several mistakes give the same numbers: say so, pick none
+        return "\n  This looks like one of these known mistakes: " + "; or ".join(found)
     return ""
 
 
@@ -195,6 +200,9 @@ def _precision_hint(a: torch.Tensor, e: torch.Tensor, dtype, n_terms, magnitude)
     finite = torch.isfinite(e)
     loose = tolerance(torch.float32, n_terms, magnitude)
     error = ((a - e).abs() - loose * e.abs())[finite]
-    if error.numel() and error.max() <= loose:
+    # float32-like: within float32's tolerance, and far beyond float64's (a float64 result
+    # a few ulps outside its own tolerance is not a float32 computation)
+    floor = max(100 * tolerance(torch.float64, n_terms, magnitude), 1e-3 * loose)
+    if error.numel() and floor < ((a - e).abs()[finite]).max() and error.max() <= loose:
         return f"\n  This looks like a known mistake: {FLOAT32_PART}"
     return ""

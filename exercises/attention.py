@@ -9,6 +9,11 @@ Conventions used throughout the course:
   causal mask serves a full forward pass (``n_q == n_k``) and decoding with a KV cache
   (``n_q < n_k``).
 - Grouped-query attention: query head ``h`` reads key/value head ``h // (n_heads // n_kv_heads)``.
+
+Precision contract (docs/API.md): float64 inputs are computed in float64 end to end; the only
+float32 parts are the angle tables the API names (RoPE angles, ``sinusoidal_encoding``).
+Here: softmax and attention of float64 inputs run in float64 (no .float() inside), half inputs may
+upcast to float32 internally and come back in their dtype.
 """
 from __future__ import annotations
 

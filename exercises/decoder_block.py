@@ -6,6 +6,10 @@
     Post-LN (the original Transformer): x = norm1(x + attn(x));  x = norm2(x + ffn(x))
 
 The attention is causal self-attention: a token never sees later tokens.
+
+Precision contract (docs/API.md): float64 inputs are computed in float64 end to end; the only
+float32 parts are the angle tables the API names (RoPE angles, ``sinusoidal_encoding``).
+Here: a float64 block is float64 end to end except RoPE's float32 angles.
 """
 from __future__ import annotations
 

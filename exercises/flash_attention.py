@@ -16,6 +16,11 @@ query row, the running maximum m, the running sum l and the unnormalised output 
 The backward pass saves only q, k, v, O and lse and recomputes each tile:
 P = exp(S - lse), dV_j += P^T dO_i, dP = dO_i V_j^T, dS = P * (dP - D_i) with
 D = rowsum(dO * O), dQ_i += dS K_j * scale, dK_j += dS^T Q_i * scale.
+
+Precision contract (docs/API.md): float64 inputs are computed in float64 end to end; the only
+float32 parts are the angle tables the API names (RoPE angles, ``sinusoidal_encoding``).
+Here: float64 inputs accumulate and return lse in float64; float32 and half inputs
+accumulate in float32.
 """
 from __future__ import annotations
 

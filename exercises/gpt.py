@@ -6,6 +6,10 @@
 
 GPT-2 style: learned positions (``pos_emb``), LayerNorm, GELU, biases, tied head.
 Llama style: no ``pos_emb`` (RoPE inside attention), RMSNorm, SwiGLU, no biases.
+
+Precision contract (docs/API.md): float64 inputs are computed in float64 end to end; the only
+float32 parts are the angle tables the API names (RoPE angles, ``sinusoidal_encoding``).
+Here: a float64 GPT is float64 end to end except RoPE's float32 angles.
 """
 from __future__ import annotations
 

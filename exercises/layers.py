@@ -5,6 +5,11 @@
 LayerNorm (GPT-2, the original Transformer) and RMSNorm (Llama); GELU with the tanh
 approximation (GPT-2) and SiLU; the 4x-wide feed-forward network of GPT-2 and the gated
 SwiGLU of Llama. Everything from elementary tensor operations.
+
+Precision contract (docs/API.md): float64 inputs are computed in float64 end to end; the only
+float32 parts are the angle tables the API names (RoPE angles, ``sinusoidal_encoding``).
+Here: float64 inputs are normalised in float64; half inputs compute their statistics in float32
+and return their own dtype.
 """
 from __future__ import annotations
 

@@ -13,6 +13,11 @@ Two layouts decide which dimensions form pair i:
 - interleaved (``interleaved=True``; RoFormer, Meta's Llama): dims 2i and 2i + 1.
 They are the same rotation up to a permutation of the dimensions, which is why a checkpoint
 converted between the two permutes the rows of its q and k projections.
+
+Precision contract (docs/API.md): float64 inputs are computed in float64 end to end; the only
+float32 parts are the angle tables the API names (RoPE angles, ``sinusoidal_encoding``).
+Here: the angles (and cos/sin) are float32 whatever the input's dtype; everything else stays in the
+input's dtype, so a float64 result differs from exact RoPE by about position * 1.2e-7 radians.
 """
 from __future__ import annotations
 

@@ -7,6 +7,11 @@ model one new token, whose keys and values (after RoPE) are appended.
 Memory: 2 (k and v) * layers * batch * seq_len * n_kv_heads * head_dim * bytes per element.
 The buffers are allocated once, at full length, and filled in place: growing them with
 ``torch.cat`` would copy the whole cache at every step.
+
+Precision contract (docs/API.md): float64 inputs are computed in float64 end to end; the only
+float32 parts are the angle tables the API names (RoPE angles, ``sinusoidal_encoding``).
+Here: the cache stores keys and values in the dtype it was built with; a float64 model
+with a float64 cache stays float64.
 """
 from __future__ import annotations
 

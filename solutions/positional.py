@@ -3,6 +3,11 @@
 - ``sinusoidal_encoding``: the fixed encoding of Vaswani et al. (2017), added to embeddings.
 - ``alibi_slopes`` / ``alibi_bias``: ALiBi (Press et al., 2022), a per-head penalty on the
   attention scores that grows linearly with the distance between query and key.
+
+Precision contract (docs/API.md): float64 inputs are computed in float64 end to end; the only
+float32 parts are the angle tables the API names (RoPE angles, ``sinusoidal_encoding``).
+Here: ``sinusoidal_encoding`` is float32 (an API-named angle table); a float64 model adds it
+as float64, carrying only its float32 rounding.
 """
 from __future__ import annotations
 

@@ -10,6 +10,10 @@ Pre-LN (``prenorm=True``) applies each norm before its sublayer, x = x + f(norm(
 adds a final ``enc_norm`` / ``dec_norm``. Padding masks are boolean with True marking a real
 token; padding keys are never attended to. Embeddings are scaled by sqrt(d_model) and the
 sinusoidal encoding is added. Dropout is applied only in training mode.
+
+Precision contract (docs/API.md): float64 inputs are computed in float64 end to end; the only
+float32 parts are the angle tables the API names (RoPE angles, ``sinusoidal_encoding``).
+Here: a float64 model is float64 end to end except the float32 sinusoidal table.
 """
 from __future__ import annotations
 

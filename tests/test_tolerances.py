@@ -118,3 +118,202 @@ def test_rope_mistakes_are_far_outside_the_angle_tolerance():
     tol = angle_tolerance(torch.float32, 41, x.abs().max().item())
     for text, wrong in mistakes.rope_mistakes(x, positions):
         assert ratio(wrong, expected, tol) > 100, text
+
+
+# ---------------------------------------------------------------------------------------
+# The precision contract inside models: float64 blocks, GPTs and Seq2Seq models carry only
+# their float32 angle tables. The worst table the contract allows (every angle off by
+# 3 eps32 relative, cos/sin rounded to float32) and two real frequency formulas stay inside
+# angle_tolerance (largest angle, size of the rotated q and k); the suites' mistakes do not.
+# ---------------------------------------------------------------------------------------
+import solutions.rope as rope_module  # noqa: E402
+from autograder.compare import largest_angle, rope_input_size  # noqa: E402
+from autograder.inputs import random_state_dict  # noqa: E402
+from solutions import layers as ref_layers  # noqa: E402
+from solutions import seq2seq as ref_seq2seq  # noqa: E402
+from solutions.decoder_block import BlockConfig, DecoderBlock  # noqa: E402
+from solutions.gpt import GPT, GPTConfig  # noqa: E402
+
+EPS32 = torch.finfo(torch.float32).eps
+
+
+def _rotate(x, cos, sin):
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
+def _contract_worst_rope(x, positions, theta=10000.0, interleaved=False):
+    """float32 angles each moved by 3 eps32 relative (random sign), cos/sin rounded to float32."""
+    d = x.shape[-1]
+    angles = positions.float()[..., None] * theta ** (-torch.arange(0, d, 2, dtype=torch.float32) / d)
+    sign = torch.randint(0, 2, angles.shape, generator=torch.Generator().manual_seed(0)).double() * 2 - 1
+    angles = angles.double() * (1 + 3 * EPS32 * sign)
+    return _rotate(x, angles.cos().float().to(x.dtype), angles.sin().float().to(x.dtype))
+
+
+def _hugging_face_formula_rope(x, positions, theta=10000.0, interleaved=False):
+    d = x.shape[-1]
+    inv_freq = 1.0 / (theta ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d))
+    angles = positions.float()[..., None] * inv_freq
+    return _rotate(x, angles.cos().to(x.dtype), angles.sin().to(x.dtype))
+
+
+def _meta_complex_rope(x, positions, theta=10000.0, interleaved=False):
+    half = x.shape[-1] // 2
+    freqs = 1.0 / (theta ** (torch.arange(0, 2 * half, 2)[:half].float() / (2 * half)))
+    freqs_cis = torch.polar(torch.ones_like(positions.float()[..., None] * freqs), positions.float()[..., None] * freqs)
+    out = torch.complex(x[..., :half], x[..., half:]) * freqs_cis.to(torch.complex128)
+    return torch.cat([out.real, out.imag], dim=-1)
+
+
+OTHER_ROPES = {"contract-worst": _contract_worst_rope, "hugging-face-formula": _hugging_face_formula_rope,
+               "meta-complex": _meta_complex_rope}
+LLAMA_BLOCKS = {  # the decoder_block suite's RoPE configurations
+    "llama-gqa-rope": dict(d_model=24, n_heads=6, n_kv_heads=2, d_ff=40, norm="rmsnorm", norm_eps=1e-6,
+                           ffn="swiglu", rope_theta=10000.0, bias=False),
+    "llama-postln": dict(d_model=24, n_heads=6, n_kv_heads=3, d_ff=40, norm="rmsnorm", ffn="swiglu",
+                         rope_theta=500000.0, bias=False, prenorm=False),
+}
+
+
+def _with_rope(monkeypatch, rope, run):
+    with monkeypatch.context() as patch:
+        patch.setattr(rope_module, "apply_rope", rope)
+        return run()
+
+
+def _rope_models():
+    """(name, model, run, positions): the float64 RoPE computations the suites check."""
+    for name, config in LLAMA_BLOCKS.items():
+        block = DecoderBlock(BlockConfig(**config)).double().eval()
+        block.load_state_dict(random_state_dict(block, seed=1, std=0.3))
+        x = randn(2, 7, 24, seed=2, dtype=torch.float64)
+        for positions in (torch.arange(7), torch.tensor([3, 4, 9, 10, 20, 200, 2000])):
+            yield f"block-{name}-{positions.max().item()}", block, lambda b=block, x=x, p=positions: b(x, positions=p), positions
+    model = GPT(GPTConfig(vocab_size=53, max_seq_len=16, n_layers=2, learned_positions=False, tie_weights=False,
+                          block=BlockConfig(**LLAMA_BLOCKS["llama-gqa-rope"]))).double().eval()
+    model.load_state_dict(random_state_dict(model, seed=1, std=0.3))
+    idx = torch.randint(0, 53, (2, 9), generator=torch.Generator().manual_seed(2))
+    yield "gpt-llama", model, lambda: model(idx), torch.arange(9)
+
+
+def test_rope_models_stay_inside_the_angle_tolerance(monkeypatch):
+    worst = {}
+    for name, model, run, positions in _rope_models():
+        with torch.no_grad():
+            expected = run()
+        tol = angle_tolerance(torch.float64, largest_angle(positions), rope_input_size(model, run), n_terms=40)
+        for rope_name, rope in OTHER_ROPES.items():
+            with torch.no_grad():
+                got = _with_rope(monkeypatch, rope, run)
+            worst[(name, rope_name)] = ratio(got, expected, tol)
+    # measured: at most 0.065 (the contract's worst table, llama-postln); Meta's complex RoPE
+    # 0.0016, Hugging Face's formula 6e-5; against the old float64 tolerance: 2.7e4 to 1.6e10
+    assert max(worst.values()) < 0.5, worst
+    # and the old float64 tolerance was below what the contract allows (the false fails)
+    assert max(v for (n, r), v in worst.items() if r == "contract-worst") > 0.01
+
+
+def test_block_and_gpt_mistakes_are_far_outside_the_angle_tolerance():
+    for name, model, run, positions in _rope_models():
+        if not name.startswith("block") or positions.max() > 6:
+            continue
+        x = randn(2, 7, 24, seed=2, dtype=torch.float64)
+        with torch.no_grad():
+            expected = model(x)
+        tol = angle_tolerance(torch.float64, 6, rope_input_size(model, lambda: model(x)), n_terms=40)
+        for text, wrong in mistakes.block_mistakes(model, x):
+            assert ratio(wrong, expected, tol) > 100, (name, text)  # measured: >= 3.8e4
+
+
+def _seq2seq(prenorm):
+    module = ref_seq2seq.Seq2SeqTransformer(src_vocab=23, tgt_vocab=19, d_model=24, n_heads=4, n_layers=2, d_ff=40,
+                                            max_len=32, prenorm=prenorm).double().eval()
+    state = random_state_dict(module, seed=6, std=0.3)
+    for key in state:
+        if "norm" in key and key.endswith("weight"):
+            state[key] = 1 + state[key]
+    module.load_state_dict(state)
+    g = torch.Generator().manual_seed(7)
+    src, tgt = torch.randint(1, 23, (3, 8), generator=g), torch.randint(1, 19, (3, 6), generator=g)
+    return module, src, tgt
+
+
+def _tables(max_len=32, d=24):
+    """Correct float32 sinusoidal tables: computed in float64 and rounded (the Annotated
+    Transformer), and the contract's worst (angles off by 3 eps32, cos/sin in float32)."""
+    position = torch.arange(max_len, dtype=torch.float64)[:, None]
+    angles = position * torch.exp(torch.arange(0, d, 2, dtype=torch.float64) * -(math.log(10000.0) / d))
+    sign = torch.randint(0, 2, angles.shape, generator=torch.Generator().manual_seed(0)).double() * 2 - 1
+    worst = angles.float().double() * (1 + 3 * EPS32 * sign)
+    for name, a in (("float64-rounded", angles), ("contract-worst", worst)):
+        pe = torch.zeros(max_len, d, dtype=torch.float64)
+        pe[:, 0::2], pe[:, 1::2] = a.sin(), a.cos()
+        yield name, pe.float()
+
+
+@pytest.mark.parametrize("prenorm", [False, True])
+def test_seq2seq_tables_stay_inside_the_angle_tolerance(prenorm):
+    module, src, tgt = _seq2seq(prenorm)
+    with torch.no_grad():
+        expected = module(src, tgt)
+    tol = angle_tolerance(torch.float64, largest_angle(max(src.shape[1], tgt.shape[1]) - 1), 1.0, n_terms=40,
+                          magnitude=8.0)
+    reference_table = module.positions.clone()
+    worst = {}
+    for name, table in _tables():
+        module.positions.copy_(table)
+        with torch.no_grad():
+            worst[name] = ratio(module(src, tgt), expected, tol)
+    module.positions.copy_(reference_table)
+    # measured: 0.015 / 0.036 (float64-rounded, Post-LN / Pre-LN), 0.08 / 0.18 (contract-worst)
+    assert max(worst.values()) < 0.5, worst
+    # the suite's named mistake (no sqrt(d_model) scale) sits far outside
+    original = module.embed
+    module.embed = lambda tokens, table: table(tokens) + module.positions[: tokens.shape[1]].double()
+    with torch.no_grad():
+        unscaled = module(src, tgt)
+    module.embed = original
+    assert ratio(unscaled, expected, tol) > 1000  # measured: >= 2.2e5
+
+
+def test_layernorm_weight_gradient_tolerance_allows_the_cancellation():
+    """The weight gradient sums grad * (x - mean) / sqrt(var + eps): rows of small variance
+    amplify rounding by |mean| / sqrt(var + eps), as in the output (test_layers.cancellation)."""
+    x = randn(3, 8, seed=10) + 3.0
+    x[0] = 0.5 + 1e-3 * x[0]
+    x[-1] = -2.0 + 1e-4 * x[-1]
+    grad = randn(3, 8, seed=11)
+    module = ref_layers.LayerNorm(8).double()
+    module.load_state_dict(random_state_dict(module, seed=9, std=0.5))
+    amplification = (x.mean(-1).abs() / (x.var(-1, unbiased=False) + 1e-5).sqrt()).max().item()
+    tol = tolerance(torch.float64, 8, amplification)
+
+    def weight_grad(norm):
+        w = module.weight.detach().clone().requires_grad_(True)
+        norm(x, w).backward(grad)
+        return w.grad
+
+    expected = weight_grad(lambda x, w: module.__class__.forward(_with_weight(module, w), x))
+    correct = {
+        "F.layer_norm": weight_grad(lambda x, w: F.layer_norm(x, (8,), w, module.bias.detach(), 1e-5)),
+        "var(unbiased=False)": weight_grad(lambda x, w: (x - x.mean(-1, keepdim=True)) / torch.sqrt(
+            x.var(-1, keepdim=True, unbiased=False) + 1e-5) * w + module.bias.detach()),
+    }
+    worst = {name: ratio(g, expected, tol) for name, g in correct.items()}
+    assert max(worst.values()) < 0.5, worst  # measured: 0.2
+    # without the amplification these correct gradients fail (the false fail this fixes)
+    assert max(ratio(g, expected, tolerance(torch.float64, 8)) for g in correct.values()) > 1
+    # a variance mistake stays far outside
+    unbiased = weight_grad(lambda x, w: (x - x.mean(-1, keepdim=True)) / torch.sqrt(
+        x.var(-1, keepdim=True, unbiased=True) + 1e-5) * w + module.bias.detach())
+    assert ratio(unbiased, expected, tol) > 100
+
+
+def _with_weight(module, weight):
+    clone = ref_layers.LayerNorm(8).double()
+    clone.bias = torch.nn.Parameter(module.bias.detach().clone(), requires_grad=False)
+    del clone.weight
+    clone.weight = weight
+    return clone

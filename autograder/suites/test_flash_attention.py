@@ -90,12 +90,15 @@ def test_forward_rows_without_keys(worker):
 
 
 @pytest.mark.points(2)
-@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
-@pytest.mark.parametrize("dtype", [F64, F32], ids=["float64", "float32"])
-def test_backward(worker, causal, dtype):
-    """dq, dk, dv match autograd on the definition (the backward recomputes tiles, with D)."""
-    q, k, v = (randn(2, 2, 70, 16, seed=s, dtype=dtype) for s in (7, 8, 9))
-    grad_o = randn(2, 2, 70, 16, seed=10, dtype=dtype)
+@pytest.mark.parametrize("dtype,causal,d_v", [(F64, False, 16), (F64, True, 16), (F32, False, 16), (F32, True, 16),
+                                              (F64, True, 24)],
+                         ids=["float64-full", "float64-causal", "float32-full", "float32-causal", "float64-causal-d_v24"])
+def test_backward(worker, causal, dtype, d_v):
+    """dq, dk, dv match autograd on the definition (the backward recomputes tiles, with D);
+    v may be wider than q and k (d_v != d, which the API allows)."""
+    q, k = (randn(2, 2, 70, 16, seed=s, dtype=dtype) for s in (7, 8))
+    v = randn(2, 2, 70, d_v, seed=9, dtype=dtype)
+    grad_o = randn(2, 2, 70, d_v, seed=10, dtype=dtype)
     got = worker.call("@function_grads", "flash_attention.flash_attention", [q, k, v], {"is_causal": causal}, grad_o)
     leaves = [t.double().requires_grad_(True) for t in (q, k, v)]
     truth(*leaves, causal)[0].backward(grad_o.double())

@@ -70,10 +70,20 @@ def stepped(model, idx, targets):
     return model.eval()
 
 
+@pytest.mark.points(1)
+def test_gpt_keeps_its_config(worker):
+    """GPT(config) keeps its config as self.config (generate and the KV cache read it from there)."""
+    got = worker.call("@gpt_config_fields", CONFIGS["llama-untied"])
+    expected = {"vocab_size": 53, "max_seq_len": 16, "n_layers": 2, "block.d_model": 24, "block.n_heads": 6,
+                "block.n_kv_heads": 2}
+    assert got == expected, f"GPT(config).config: expected the fields {expected}, got {got}"
+
+
 def after_one_step(model, idx, targets):
     """The logits after one AdamW step on the cross-entropy."""
+    model = stepped(model, idx, targets)
     with torch.no_grad():
-        return stepped(model, idx, targets)(idx)
+        return model(idx)
 
 
 def retied(model, tie):

@@ -135,6 +135,19 @@ def test_cache_seq_len_grows_once_per_step(worker):
 
 
 @pytest.mark.points(1)
+def test_cache_seq_len_mid_step(worker):
+    """between two layers' updates of one step, KVCache.seq_len is still the step's start (the minimum
+    over layers), so code that reads it mid-step sees the right position."""
+    ops = [("update", 0, *kv(1, 3)), ("update", 1, *kv(2, 3)), ("update", 0, *kv(3, 1)), ("update", 1, *kv(4, 1))]
+    got = worker.call("@kv_cache_session", CACHE, ops)["results"]
+    assert all("raised" not in e for e in got), got[0].get("message")
+    lengths = [e["seq_len"] for e in got]
+    assert lengths == [0, 3, 3, 4], (
+        f"KVCache.seq_len after each layer's update of a 3-token and a 1-token step: expected [0, 3, 3, 4] "
+        f"(it changes only when every layer has the step), got {lengths}")
+
+
+@pytest.mark.points(1)
 def test_cache_crop_and_reset(worker):
     """crop(n) keeps the first n positions (n >= seq_len changes nothing); reset() empties it."""
     (k1, v1), (k2, v2) = kv(5, 5), kv(6, 1)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from autograder import mistakes
-from autograder.compare import angle_tolerance, check_tensor
+from autograder.compare import angle_tolerance, check_tensor, largest_angle, rope_input_size
 from autograder.inputs import randn, random_state_dict
 from solutions import attention as ref_attention
 
@@ -130,19 +130,6 @@ def test_apply_rope_half_precision(worker, dtype):
     _check_rope(worker, x, positions, f"apply_rope(x in {dtype}, positions)")
 
 
-ANGLES_IN_INPUT_DTYPE = "the RoPE angles were computed in x's dtype, not in float32"
-
-
-def _rope_with_angles_in(dtype, x, positions, theta=10000.0):
-    """The mistake the API's "Angles computed in float32" rules out: p * theta^(-2i/d) in x's
-    dtype. bfloat16 holds 8 bits of mantissa, so position 5000 becomes 4992 (8 radians off)."""
-    d = x.shape[-1]
-    inv_freq = theta ** (-torch.arange(0, d, 2, dtype=dtype) / d)
-    angles = (positions.to(dtype)[..., None] * inv_freq).double()
-    x1, x2 = x.double()[..., : d // 2], x.double()[..., d // 2:]
-    return torch.cat([x1 * angles.cos() - x2 * angles.sin(), x2 * angles.cos() + x1 * angles.sin()], dim=-1)
-
-
 @pytest.mark.points(1)
 def test_apply_rope_half_precision_large_positions(worker):
     """bfloat16 x at positions in the thousands: the angles are still computed in float32
@@ -152,8 +139,9 @@ def test_apply_rope_half_precision_large_positions(worker):
     got = worker.call("rope.apply_rope", x, positions)
     expected = mistakes.rope_reference(x, positions)  # float64 angles; float32 ones are within tol
     tol = angle_tolerance(BF16, positions.max().item(), x.abs().max().item())
-    check_tensor(got, expected, "apply_rope(x in bfloat16, positions 1000-5000)", dtype=BF16, tol=tol,
-                 mistakes=lambda: [(ANGLES_IN_INPUT_DTYPE, _rope_with_angles_in(BF16, x, positions))])
+    # angles in bfloat16 (8 mantissa bits) round position 5000 to 4992: radians off, far beyond tol
+    check_tensor(got, expected, "apply_rope(x in bfloat16, positions 1000-5000): are the angles in float32?",
+                 dtype=BF16, tol=tol)
 
 
 @pytest.mark.points(1)
@@ -210,6 +198,16 @@ def _mha_reference(state, x, **kwargs):
         return module(x, **kwargs)
 
 
+def _mha_tolerance(state, x, **kwargs):
+    """float32 angles up to the largest position (default arange(n_q)) move a float64 attention
+    by up to the largest angle times eps32 times the size of the rotated q and k (``angle_tolerance``)."""
+    positions = kwargs.get("positions", torch.arange(x.shape[1]))
+    module = ref_attention.MultiHeadAttention(**ROPE_MHA).double()
+    module.load_state_dict(state)
+    size = rope_input_size(module, lambda: module(x, **kwargs))
+    return angle_tolerance(F64, largest_angle(positions), size, n_terms=x.shape[-1])
+
+
 @pytest.mark.points(2)
 @pytest.mark.parametrize("positions", ["default", "per-sequence"])
 def test_attention_applies_rope(worker, positions):
@@ -223,7 +221,7 @@ def test_attention_applies_rope(worker, positions):
                       dtype=F64)
     check_tensor(got["out"], _mha_reference(state, x, **kwargs),
                  f"MultiHeadAttention({ROPE_MHA})(x, positions={positions})",
-                 tol=angle_tolerance(F64, 50, 8.0))
+                 tol=_mha_tolerance(state, x, **kwargs))
 
 
 @pytest.mark.points(2)
@@ -236,13 +234,15 @@ def test_attention_rope_with_cache(worker):
                       prompt, steps, dtype=F64)
     full = torch.cat([prompt, *steps], dim=1)  # one causal pass over everything: the truth
     expected = _mha_reference(state, full, is_causal=True)
-    tol = angle_tolerance(F64, 10, 8.0)
     # stored keys: the rotated k_proj of every token, for each of the n_kv_heads (not n_heads)
     module = ref_attention.MultiHeadAttention(**ROPE_MHA).double()
     module.load_state_dict(state)
     raw_keys = module.k_proj(full).detach().view(2, 8, 2, 4).transpose(1, 2)  # (b, kv, s, hd)
     keys = mistakes.rope_reference(raw_keys, torch.arange(8))
-    check_tensor(got["keys"], keys, "keys held by the cache after prefill + 3 steps", tol=tol,
+    # the keys are rotated raw_keys at positions 0-7; the outputs carry those angles through attention
+    key_tol = angle_tolerance(F64, largest_angle(torch.arange(8)), raw_keys.abs().max().item())
+    tol = _mha_tolerance(state, full, is_causal=True)
+    check_tensor(got["keys"], keys, "keys held by the cache after prefill + 3 steps", tol=key_tol,
                  mistakes=lambda: [
                      ("keys are cached before RoPE is applied", raw_keys),
                      # a decode step at position 0 is not rotated at all
