@@ -1,20 +1,40 @@
 """Every known-wrong implementation loses points in the tests meant to catch it, and the
 feedback names its mistake; nothing else about it passes by accident."""
 import re
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from tests.conftest import materialize, results, run_grader
 from tests.fixtures.mutants import MUTANTS
 
+TEST = "test_mutant_loses_points_and_is_named"
+
+
+@pytest.fixture(scope="module")
+def graded(request, tmp_path_factory):
+    """The mutants this session selected, graded two at a time (each grading is one grader
+    process with one single-threaded worker: two fill this machine's two cores), so the
+    tests below only read their reports."""
+    names = [item.callspec.params["name"] for item in request.session.items
+             if getattr(item, "originalname", "") == TEST and hasattr(item, "callspec")]
+    root = tmp_path_factory.mktemp("mutants")
+
+    def grade(name):
+        mutant = MUTANTS[name]
+        folder = materialize(root, name, mutant["edits"])
+        exercise_args = [arg for ex in mutant.get("exercises", ["attention"]) for arg in ("--exercise", ex)]
+        return name, run_grader(folder, *exercise_args)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return dict(pool.map(grade, names))
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", MUTANTS)
-def test_mutant_loses_points_and_is_named(tmp_path, name, solutions_report):
+def test_mutant_loses_points_and_is_named(name, graded, solutions_report):
     mutant = MUTANTS[name]
-    folder = materialize(tmp_path, name, mutant["edits"])
-    exercise_args = [arg for name in mutant.get("exercises", ["attention"]) for arg in ("--exercise", name)]
-    proc, report = run_grader(folder, *exercise_args)
+    proc, report = graded[name]
     assert proc.returncode == 0, proc.stderr
     assert report["score"] < report["max_score"]
     by_name = results(report)
