@@ -93,13 +93,26 @@ def bench_generation(console: Console, new_tokens: int = 512, prompt_tokens: int
                   f"{kv_cache_bytes(ours.config.n_layers, block.n_heads, block.d_model // block.n_heads, prompt_tokens + new_tokens):,}")
 
 
+def _peak_bytes(fn) -> int:
+    """Peak resident memory added while ``fn`` runs in this (trusted) process: reset VmHWM
+    through clear_refs and read it back (ru_maxrss would keep an earlier high-water mark)."""
+    def status_kib(field):
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    base = status_kib("VmRSS")
+    fn()
+    return (status_kib("VmHWM") - base) * 1024
+
+
 def bench_flash(console: Console, lengths=(1024, 2048, 4096), d: int = 64) -> None:
     """Forward time and peak memory: naive attention, the reference FlashAttention, torch SDPA."""
     import torch.nn.functional as F
 
     from solutions.flash_attention import flash_attention_forward
 
-    from .adapters import _peak_bytes
 
     def naive(q, k, v):
         scores = q @ k.transpose(-1, -2) / d ** 0.5  # the n x n matrix FlashAttention avoids

@@ -42,6 +42,7 @@ VARIANTS = {  # variant folder -> the exercises it implements differently
     "flash_key_outer": ["flash_attention"],
     "flash_big_tiles": ["flash_attention"],
     "triton_descriptor": ["flash_attention_triton"],
+    "generate_extra_call": ["kv_cache"],
     "seq2seq_alt": ["seq2seq"],
     # correct code that the precision contract allows (each was a false fail)
     "hf_rope": ["attention", "rope", "decoder_block", "gpt", "kv_cache"],  # 1 / theta ** (2i/d) inside attention
@@ -125,7 +126,7 @@ def test_empty_submission_folder_is_graded_as_missing_files(tmp_path):
 def test_json_report_has_stable_keys(solutions_report):
     _, report = solutions_report
     assert set(report) == {"schema_version", "submission", "score", "max_score", "duration_s",
-                           "worker_restarts", "isolation", "exercises"}
+                           "worker_restarts", "isolation", "intake", "exercises"}
     test = report["exercises"][0]["tests"][0]
     assert set(test) == {"exercise", "name", "description", "max_points", "status", "points",
                          "message", "duration", "visibility"}
