@@ -31,6 +31,19 @@ def results(report) -> dict:
     return {t["name"]: t for ex in report["exercises"] for t in ex["tests"]}
 
 
+def strings(value):
+    """Every string in a JSON value, keys too."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield key
+            yield from strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from strings(item)
+
+
 def materialize(tmp_path: Path, name: str, replacements: dict[str, list[tuple[str, str]]]) -> Path:
     """A submission folder: solutions/ copied, with each (old, new) applied exactly once."""
     folder = tmp_path / name

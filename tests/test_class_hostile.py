@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from autograder import classroom
-from tests.conftest import FIXTURES, ROOT
+from tests.conftest import FIXTURES, ROOT, strings
 
 CONTROL = {chr(c) for c in [*range(0, 9), *range(11, 32), *range(0x7f, 0xa0)]}
 FORMULA = ("=", "+", "-", "@", "\t", "\r")
@@ -54,18 +54,6 @@ def grade_class(classroom_dir: Path, out: Path, env=None, timeout=600):
 
 def rows_of(out: Path) -> dict:
     return {r["student"]: r for r in csv.DictReader(out.open(newline=""))}
-
-
-def strings(value):
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            yield key
-            yield from strings(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from strings(item)
 
 
 def clean_text(value: str) -> bool:

@@ -19,7 +19,7 @@ from autograder.classroom import escape_cell
 from autograder.intake import MAX_FILE_BYTES, MAX_FILES, MAX_TOTAL_BYTES, stage_submission
 from autograder.report import Report
 from autograder.sandbox import SubmissionError, Worker
-from tests.conftest import ROOT
+from tests.conftest import ROOT, strings
 
 SOLUTION = ROOT / "solutions" / "attention.py"
 CONTROL = [chr(c) for c in [*range(0, 9), *range(11, 32), *range(0x7f, 0xa0)]]
@@ -277,19 +277,6 @@ def hostile_report() -> Report:
 
 def no_control(value: str) -> bool:
     return not any(c in value for c in CONTROL) and not any(0xD800 <= ord(c) <= 0xDFFF for c in value)
-
-
-def strings(value):
-    """Every string in a JSON value, keys too."""
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            yield key
-            yield from strings(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from strings(item)
 
 
 def test_reports_carry_no_control_characters_or_surrogates(tmp_path, monkeypatch):
