@@ -158,6 +158,21 @@ def test_silu(worker, dtype):
                  magnitude=8.0, mistakes=lambda: mistakes.silu_mistakes(x))
 
 
+ACTIVATION_BANS = {"gelu_tanh": ([r"gelu"], "write the tanh approximation from tanh and x**3"),
+                   "silu": ([r"^silu_?$", r"^SiLU$"], "write x * sigmoid(x)")}
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize("name", ACTIVATION_BANS)
+def test_activation_is_written_by_hand(worker, name):
+    """gelu_tanh and silu are built from elementary ops, not F.gelu / F.silu / nn.GELU / nn.SiLU (read from
+    your source)."""
+    banned, how = ACTIVATION_BANS[name]
+    static.assert_source_avoids(worker, "layers", name, banned, f"the exercise asks you to {how}")
+    x = torch.linspace(-4, 4, 33, dtype=F64)
+    check_tensor(worker.call(f"layers.{name}", x), getattr(ref, name)(x), f"{name}(x)", magnitude=4.0)
+
+
 # ---------------------------------------------------------------------------------------
 # FeedForward and SwiGLU
 # ---------------------------------------------------------------------------------------
