@@ -200,9 +200,14 @@ def _precision_hint(a: torch.Tensor, e: torch.Tensor, dtype, n_terms, magnitude)
     finite = torch.isfinite(e)
     loose = tolerance(torch.float32, n_terms, magnitude)
     error = ((a - e).abs() - loose * e.abs())[finite]
-    # float32-like: within float32's tolerance, and far beyond float64's (a float64 result
-    # a few ulps outside its own tolerance is not a float32 computation)
+    # float32-like: within float32's tolerance, far beyond float64's (a float64 result a few
+    # ulps outside its own tolerance is not a float32 computation), and the values themselves
+    # are float32 numbers cast up. Without that last piece of evidence a small systematic
+    # error (an eps of 1e-6 for 1e-5) would be misnamed; it is the submission's own values,
+    # so it proves only what was returned, never that the rest ran in float64.
     floor = max(100 * tolerance(torch.float64, n_terms, magnitude), 1e-3 * loose)
-    if error.numel() and floor < ((a - e).abs()[finite]).max() and error.max() <= loose:
+    values = a[finite & (a != 0)]
+    cast_up = values.numel() > 0 and (values == values.float().double()).double().mean().item() >= 0.9
+    if error.numel() and cast_up and floor < ((a - e).abs()[finite]).max() and error.max() <= loose:
         return f"\n  This looks like a known mistake: {FLOAT32_PART}"
     return ""

@@ -68,6 +68,21 @@ def test_encoder_layer(worker, prenorm):
                  mistakes=lambda: wrong)
 
 
+@pytest.mark.points(1)
+def test_encoder_layer_norm_eps(worker):
+    """the layers' LayerNorms use eps = 1e-5: on inputs of tiny variance (x ~ 1e-3, Pre-LN, so norm1 sees
+    x itself) eps decides the output."""
+    module, state = layer("EncoderLayer", True, seed=31)
+    x = randn(2, 5, 24, seed=32, dtype=F64, scale=1e-3)
+    pad = padding(2, 5, [5, 5])
+    init = {"d_model": 24, "n_heads": 4, "d_ff": 40, "prenorm": True}
+    got = worker.call("@module_forward", "seq2seq.EncoderLayer", init, state, [x], {"src_key_padding_mask": pad}, dtype=F64)
+    with torch.no_grad():
+        expected = module(x, src_key_padding_mask=pad)
+    # |x| / sqrt(var + eps) stays below 1/sqrt(1e-5 / 1e-6 + 1) ~ 0.3 amplification: no cancellation
+    check_tensor(got["out"], expected, "EncoderLayer(prenorm=True)(x of variance ~1e-6)", n_terms=40, magnitude=8.0)
+
+
 @pytest.mark.points(2)
 @pytest.mark.parametrize("prenorm", [False, True], ids=["post-ln", "pre-ln"])
 def test_decoder_layer(worker, prenorm):
