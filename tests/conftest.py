@@ -67,3 +67,18 @@ def solutions_report(tmp_path_factory):
     proc, report = run_grader(folder / "solutions")
     assert proc.returncode == 0, proc.stderr
     return proc, report
+
+
+def cli(*args, cwd=ROOT, timeout=600, env=None):
+    """``python -m autograder ARGS`` in a fresh process."""
+    return subprocess.run([sys.executable, "-m", "autograder", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="session")
+def student_release(tmp_path_factory):
+    """One student release for every test that needs it (tests copy it before changing it)."""
+    out = tmp_path_factory.mktemp("release") / "course"
+    proc = cli("release", str(out))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return out

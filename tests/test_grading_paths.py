@@ -16,7 +16,7 @@ from autograder.gradescope import choose_submission, unpack
 from autograder.report import Report
 from autograder.report import TestResult as Result  # not "Test...": pytest would collect it
 from autograder.runner import grade_public, public_check_ids
-from tests.conftest import ROOT
+from tests.conftest import ROOT, cli
 
 SKELETONS = sorted(p for p in (ROOT / "exercises").glob("*.py"))
 SOLUTIONS = sorted(p for p in (ROOT / "solutions").glob("*.py") if p.name != "convert.py")
@@ -28,11 +28,6 @@ FOUND="$(find "$ROOT/submission" -type d -name exercises -not -path '*/.*' | hea
 if [ -n "$FOUND" ]; then cp -RP "$FOUND"/. "$WORK"/;
 else find "$ROOT/submission" -maxdepth 1 -name '*.py' -exec cp -P {} "$WORK"/ \\; ; fi
 """
-
-
-def cli(*args, cwd=ROOT, timeout=600):
-    return subprocess.run([sys.executable, "-m", "autograder", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout)
 
 
 def newline_upload(root):
@@ -111,14 +106,6 @@ def test_gradescope_run_autograder_grades_a_newline_and_link_upload_as_the_skele
 
 
 # -- GitHub Classroom --------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def student_release(tmp_path_factory):
-    out = tmp_path_factory.mktemp("release") / "course"
-    proc = cli("release", str(out))
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return out
-
-
 def classroom_points(workflow, repo):
     """Run the workflow's steps after the install as GitHub would (a `run` step by bash, each
     command grader's command by a shell: its max-score when it exits 0, else 0)."""

@@ -13,22 +13,9 @@ import yaml
 
 from autograder import release
 from autograder.adequacy import suite_tests
-from tests.conftest import FIXTURES, ROOT
+from tests.conftest import FIXTURES, ROOT, cli
 
 pytestmark = pytest.mark.slow
-
-
-def cli(*args, cwd=ROOT, timeout=600, env=None):
-    return subprocess.run([sys.executable, "-m", "autograder", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout, env=env)
-
-
-@pytest.fixture(scope="module")
-def student_release(tmp_path_factory):
-    out = tmp_path_factory.mktemp("release") / "course"
-    proc = cli("release", str(out))
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return out
 
 
 def test_release_contains_what_students_need_and_no_answers(student_release):
