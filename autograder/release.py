@@ -5,7 +5,7 @@ lectures with their quiz solutions and hidden tests removed (nbgrader's own prep
 ``exercises/`` (skeletons and public checks), the requirements, ``course.py`` and the
 grading engine without its hidden suites. Without hidden suites the grade command grades
 the public checks (``runner.grade_public``). No ``solutions/``, no ``autograder/suites``,
-no known-mistake computations (``autograder/mistakes.py`` computes reference values).
+no known-mistake computations (``autograder/mistakes/`` computes reference values).
 ``leak_check`` fails when any solution body or hidden test shows up in a tree.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 from .skeleton import BEGIN, END
 
 ROOT = Path(__file__).resolve().parent.parent
-ENGINE = ["__init__.py", "__main__.py", "adapters.py", "cli.py", "compare.py", "inputs.py", "report.py",
+ENGINE = ["__init__.py", "__main__.py", "adapters", "exercises.py", "cli.py", "compare.py", "inputs.py", "report.py",
           "runner.py", "sandbox.py", "isolation.py", "worker.py", "skeleton.py", "release.py", "classroom.py",
           "intake.py", "text.py", "replies.py", "static.py"]
 
@@ -35,8 +35,11 @@ def build(out: Path) -> list[str]:
     shutil.copytree(ROOT / "exercises", out / "exercises", ignore=shutil.ignore_patterns("__pycache__"))
     (out / "autograder").mkdir()
     for name in ENGINE:
-        if (ROOT / "autograder" / name).exists():
-            shutil.copy(ROOT / "autograder" / name, out / "autograder" / name)
+        source = ROOT / "autograder" / name
+        if source.is_dir():  # a package: the adapters, shared helpers plus one module per exercise
+            shutil.copytree(source, out / "autograder" / name, ignore=shutil.ignore_patterns("__pycache__"))
+        elif source.exists():
+            shutil.copy(source, out / "autograder" / name)
     (out / "autograder" / "suites").mkdir()
     (out / "autograder" / "suites" / "README.md").write_text(
         "The hidden suites are not part of the student release: `python3 course.py grade` grades\n"
@@ -126,7 +129,7 @@ def leak_check(tree: Path, root: Path = ROOT) -> list[str]:
     """Every place in ``tree`` where a solution body or a hidden test appears (empty: clean)."""
     tree = Path(tree)
     problems = []
-    for forbidden in ("solutions", "autograder/mistakes.py", "autograder/bench.py"):
+    for forbidden in ("solutions", "autograder/mistakes", "autograder/bench.py"):
         if (tree / forbidden).exists():
             problems.append(f"{forbidden} is in the release")
     for suite in (tree / "autograder" / "suites").glob("test_*.py") if (tree / "autograder" / "suites").exists() else []:

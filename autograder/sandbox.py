@@ -165,8 +165,9 @@ class Worker:
         self._decide_isolation()
         plan = self.plan
         self.workdir = tempfile.mkdtemp(prefix="course-worker-")
-        for name in ("worker.py", "adapters.py"):
-            shutil.copy(HERE / name, self.workdir)
+        shutil.copy(HERE / "worker.py", self.workdir)
+        shutil.copytree(HERE / "adapters", os.path.join(self.workdir, "adapters"),
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         # the worker imports a copy: whatever the code does to its own files ends with this worker
         # from the staged folder, which holds regular files and folders only (symlinks=True
         # would keep a link a link, should one ever get there)

@@ -26,7 +26,7 @@ def test_release_contains_what_students_need_and_no_answers(student_release):
         assert (out / needed).exists(), needed
     assert not (out / "solutions").exists()
     assert not list((out / "autograder" / "suites").glob("test_*.py"))
-    assert not (out / "autograder" / "mistakes.py").exists()
+    assert not (out / "autograder" / "mistakes").exists()
     assert release.leak_check(out) == []
 
 

@@ -10,7 +10,7 @@ import math
 import torch
 
 # the precision contract's named mistake (compare._precision_hint names it from the numbers)
-from .compare import FLOAT32_PART  # noqa: F401
+from ..compare import FLOAT32_PART  # noqa: F401
 
 NO_SCALE = "the scores are not scaled by 1/sqrt(d_k)"
 SCALE_BY_DK = "the scores are divided by d_k instead of sqrt(d_k)"
