@@ -39,6 +39,8 @@ class GradingPlugin:
     def pytest_configure(self, config):
         config.addinivalue_line("markers", "points(n): points a passing test earns")
         config.addinivalue_line("markers", "visibility(v): Gradescope visibility (default visible)")
+        config.addinivalue_line("markers", "rules(*ids): the API rules (autograder/rules/<exercise>.toml) "
+                                           "this test enforces")
 
     def pytest_collection_modifyitems(self, items):
         for item in items:
