@@ -14,6 +14,19 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
+# With pytest-xdist (pytest.ini: -n 2 --dist loadgroup) a module's tests run in one worker, so
+# its module- and session-scoped fixtures (a release, every mutant graded) are built once;
+# these modules share nothing between their tests, so their tests spread over the workers.
+SPREAD_MODULES = {"test_lectures", "test_lecture_editions"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = item.module.__name__.rpartition(".")[2] if item.module else ""
+        if module not in SPREAD_MODULES:
+            item.add_marker(pytest.mark.xdist_group(module))
+
 
 def run_grader(submission, *args, timeout=600, course=ROOT, report=None, env=None):
     """``python -m autograder grade`` in a fresh process; returns (completed process, report).

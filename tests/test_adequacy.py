@@ -21,8 +21,6 @@ KNOWN_GAPS = {
     ("flash_attention", "forward.lse-dtype"),
     ("flash_attention_triton", "forward.lse"),
     ("flash_attention_triton", "backward.triton-kernels"),
-    ("seq2seq", "model.masks-from-pad_id"),
-    ("seq2seq", "greedy.stops-early"),
 }
 
 

@@ -224,3 +224,66 @@ def test_dropout_only_in_training(worker):
         expected = module(src, tgt)
     check_tensor(got["out"], expected, "Seq2SeqTransformer(dropout=0.3) in eval mode",
                  tol=model_tolerance(src, tgt))
+
+
+def eos_bias_for_early_stop(module, src, eos, max_len):
+    """An out_proj bias on ``eos`` with which the reference finishes every row before
+    ``max_len``, the rows at different steps (so "stop early" and "pad after eos" both show).
+    Searched on the reference, a deterministic float64 model: the same bias every run."""
+    original = module.out_proj.bias.detach().clone()
+    try:
+        for boost in (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0):
+            with torch.no_grad():
+                module.out_proj.bias.copy_(original)
+                module.out_proj.bias[eos] += boost
+                out = module.greedy_decode(src, 1, eos, max_len)
+            finished_at = [(row[1:] == eos).nonzero()[0, 0].item() if (row[1:] == eos).any() else None for row in out]
+            if out.shape[1] < max_len and None not in finished_at and len(set(finished_at)) > 1:
+                return boost
+        raise AssertionError("grader error: no eos bias makes the reference stop early")  # the suite's own fault
+    finally:
+        with torch.no_grad():
+            module.out_proj.bias.copy_(original)
+
+
+@pytest.mark.points(1)
+def test_greedy_decode_stops_when_every_row_finished(worker):
+    """every row emits eos within a few steps: greedy_decode stops there (fewer than max_len
+    columns), each row padded after its own eos."""
+    module, state = model(False, seed=19)
+    src, _ = batch(20)
+    eos, max_len = 10, 16  # a token, not bos (1), that the biased reference emits at different steps
+    boost = eos_bias_for_early_stop(module, src, eos, max_len)
+    state = {**state, "out_proj.bias": state["out_proj.bias"].clone()}
+    state["out_proj.bias"][eos] += boost
+    module.load_state_dict(state)
+    got = worker.call("@module_method", "seq2seq.Seq2SeqTransformer", {**MODEL, "prenorm": False}, state,
+                      "greedy_decode", [src, 1, eos, max_len], dtype=F64)
+    with torch.no_grad():
+        expected = module.greedy_decode(src, 1, eos, max_len)
+    if isinstance(got, torch.Tensor) and got.dim() == 2 and got.shape[1] > expected.shape[1] \
+            and torch.equal(got[:, :expected.shape[1]], expected):
+        raise AssertionError(f"greedy_decode went on to {got.shape[1]} columns although every row had emitted "
+                             f"eos_id={eos} after {expected.shape[1]}: stop once every row has finished")
+    check_tensor(got, expected, f"greedy_decode(src, bos_id=1, eos_id={eos}, max_len={max_len}) "
+                                f"where every row finishes early")
+
+
+@pytest.mark.points(1)
+def test_padding_follows_pad_id(worker):
+    """pad_id=3: source tokens 3 are padding (never attended to), token 0 is an ordinary word."""
+    extra = {"pad_id": 3}
+    module, state = model(False, seed=21, **extra)
+    src, tgt = batch(22)  # rows 1 of src and 2 of tgt end in zeros: here real tokens
+    src[0, 6:] = 3  # padding
+    tgt[1, 5:] = 3
+    got = worker.call("@module_forward", "seq2seq.Seq2SeqTransformer", {**MODEL, "prenorm": False, **extra}, state,
+                      [src, tgt], dtype=F64)
+    with torch.no_grad():
+        expected = module(src, tgt)
+        module.pad_id = 0
+        literal_zero = module(src, tgt)
+        module.pad_id = 3
+    check_tensor(got["out"], expected, "Seq2SeqTransformer(pad_id=3)(src, tgt)", tol=model_tolerance(src, tgt),
+                 mistakes=lambda: [("the padding masks treat token 0 as padding: derive them from self.pad_id",
+                                    literal_zero)])
