@@ -20,7 +20,13 @@ A, L, K, G = "attention.py", "layers.py", "kv_cache.py", "gpt.py"
 FA, FT = "flash_attention.py", "flash_attention_triton.py"
 
 FLASH_LOOP = "    for i0 in range(0, n_q, block_q):\n        i1 = min(i0 + block_q, n_q)\n        q_i = q3[:, i0:i1] * scale"
-TRITON_HOST = "    b, h, n_q, d = q.shape\n    n_k = k.shape[2]\n"
+TRITON_HOST = "    _check_inputs(q, k, v)\n    b, h, n_q, d = q.shape\n    n_k = k.shape[2]\n"  # the forward's host code
+TRITON_BACKWARD = "        q, k, v, o, lse = ctx.saved_tensors\n"
+TRITON_FAILS = ["triton_kernel_output", "triton_forward_lse", "triton_backward"]  # the backward replays the forward
+# a kernel that copies what the host computed, added after the imports with TORCH_ATTENTION
+COPY_KERNEL = ("\n\n@triton.jit\ndef _copy_kernel(src, dst, n, BLOCK: tl.constexpr):\n"
+               "    offs = tl.arange(0, BLOCK)\n    tl.store(dst + offs, tl.load(src + offs, mask=offs < n), "
+               "mask=offs < n)\n")
 # attention with torch functions taken at import, before any runtime ban exists
 TORCH_ATTENTION = (
     "\n_matmul, _softmax = torch.matmul, torch.softmax\n\n\n"
@@ -55,27 +61,40 @@ ATTACKS = {
                      "acc = alpha[..., None] * acc + ((p[..., None] * v_tile[:, None]).sum(2) if future else p @ v_tile)")]}),
     # Triton: the old test counted launches and banned torch.matmul inside the worker
     "triton_torch_fallback_with_a_captured_matmul": dict(
-        exercise="flash_attention_triton", fails=["triton_kernel_output"], all_fail=True,
+        exercise="flash_attention_triton", fails=TRITON_FAILS, all_fail=True,
         edits={FT: [(TRITON_HOST,
                      "    o = _torch_attention(q, k, v, is_causal)\n"
-                     "    _flash_forward_kernel[(1, 1)](q, k, v, o, 0, 0, 1.0, 0, 0, 0, 0, 0, 0, 0, 0, IS_CAUSAL=False,"
-                     " HEAD_DIM=16, BLOCK_M=16, BLOCK_N=16)  # a launch that writes nothing (n_q = 0)\n"
-                     "    return o\n"),
+                     "    lse = torch.zeros(q.shape[:3])\n"
+                     "    _flash_forward_kernel[(1, 1)](q, k, v, o, lse, 0, 0, 1.0, 0, 0, 0, 0, 0, 0, 0, 0, 0, "
+                     "IS_CAUSAL=False, HEAD_DIM=16, BLOCK_M=16, BLOCK_N=16)  # a launch that writes nothing (n_q = 0)\n"
+                     "    return o, lse\n"),
                     ("import triton.language as tl\n", "import triton.language as tl\n" + TORCH_ATTENTION)]}),
     "triton_host_answer_copied_by_the_kernel": dict(
-        exercise="flash_attention_triton", fails=["triton_kernel_output"], all_fail=True,
+        exercise="flash_attention_triton", fails=TRITON_FAILS, all_fail=True,
         edits={FT: [(TRITON_HOST,
                      "    answer = _torch_attention(q, k, v, is_causal).contiguous()\n"
                      "    o = torch.empty_like(answer)\n"
                      "    _copy_kernel[(1,)](answer, o, answer.numel(), BLOCK=triton.next_power_of_2(answer.numel()))\n"
-                     "    return o\n"),
-                    ("import triton.language as tl\n", "import triton.language as tl\n" + TORCH_ATTENTION),
-                    ("@triton.jit\ndef _flash_forward_kernel(",
-                     "@triton.jit\ndef _copy_kernel(src, dst, n, BLOCK: tl.constexpr):\n"
-                     "    offs = tl.arange(0, BLOCK)\n    tl.store(dst + offs, tl.load(src + offs, mask=offs < n), "
-                     "mask=offs < n)\n\n\n@triton.jit\ndef _flash_forward_kernel(")]}),
+                     "    return o, torch.zeros(q.shape[:3])\n"),
+                    ("import triton.language as tl\n", "import triton.language as tl\n" + TORCH_ATTENTION + COPY_KERNEL)]}),
+    # the backward: gradients by torch autograd on the host, copied into new buffers by a kernel
+    "triton_backward_answer_copied_by_the_kernel": dict(
+        exercise="flash_attention_triton", fails=["triton_backward"],
+        edits={FT: [(TRITON_BACKWARD,
+                     TRITON_BACKWARD
+                     + "        with torch.enable_grad():\n"
+                       "            leaves = [t.detach().requires_grad_(True) for t in (q, k, v)]\n"
+                       "            grads = torch.autograd.grad(_torch_attention(*leaves, ctx.is_causal), leaves, grad_o)\n"
+                       "        outs = []\n"
+                       "        for answer in grads:\n"
+                       "            answer = answer.contiguous()\n"
+                       "            outs.append(torch.empty_like(answer))\n"
+                       "            _copy_kernel[(1,)](answer, outs[-1], answer.numel(), "
+                       "BLOCK=triton.next_power_of_2(answer.numel()))\n"
+                       "        return (*outs, None)\n"),
+                    ("import triton.language as tl\n", "import triton.language as tl\n" + TORCH_ATTENTION + COPY_KERNEL)]}),
     "triton_kernel_calls_torch_in_the_interpreter": dict(
-        exercise="flash_attention_triton", fails=["triton_kernel_output"], all_fail=True,
+        exercise="flash_attention_triton", fails=TRITON_FAILS, all_fail=True,
         edits={FT: [("    block_m = tl.program_id(0)\n", "    torch.manual_seed(0)\n    block_m = tl.program_id(0)\n")]}),
     # bans: the old tests patched torch's functions during the call
     "softmax_by_getattr": dict(
