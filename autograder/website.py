@@ -1,8 +1,8 @@
 """The course as a static website: ``python3 course.py site OUT_DIR``.
 
 What a self-learner reads, built offline with Sphinx, myst-nb and the book theme (all from
-PyPI; MathJax comes from the ``jupyter-server-mathjax`` package, so no page loads anything
-from the internet):
+PyPI; formulas are turned into MathML at build time, so no page loads anything from the
+internet and none needs a script to show its math):
 
 - every lecture, executed, with its outputs and figures, in English and in Korean
   (``lectures/ko/``), each page linking to the same lecture in the other language;
@@ -38,6 +38,8 @@ ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache" / "lectures"
 LANGUAGES = {"en": "English", "ko": "한국어"}
 EXECUTION_TIMEOUT_S = 300  # per cell; the lecture tests hold each lecture to its own budget
+CPU_PROBE = ("import os as _course_os\n_t = _course_os.times()\n"
+             "print('course-cpu-seconds', _t.user + _t.system + _t.children_user + _t.children_system)")
 
 
 # ---------------------------------------------------------------------------------------
@@ -69,35 +71,49 @@ def _imported_files(path: Path) -> list[Path]:
     return sorted(files)
 
 
+CACHE_FORMAT = b"2"  # what an executed copy records (nb.metadata.course); bump when that changes
+
+
 def lecture_key(path: Path) -> str:
-    digest = hashlib.sha256(Path(path).read_bytes())
+    digest = hashlib.sha256(CACHE_FORMAT + Path(path).read_bytes())
     for file in _imported_files(Path(path)):
         digest.update(str(file.relative_to(ROOT)).encode() + b"\0" + file.read_bytes())
     return digest.hexdigest()[:24]
 
 
 def execute_lecture(path: Path, cache: Path = CACHE):
-    """(executed notebook, seconds it took; 0.0 when it came from the cache). The notebook runs
-    in its own folder (its relative paths and imports as a reader's JupyterLab has them)."""
+    """(executed notebook, seconds it took now: 0.0 when it came from the cache). What the
+    execution took is kept in ``nb.metadata.course`` either way: ``executed_in_s`` (wall) and
+    ``cpu_s`` (the kernel's CPU time, which the lecture tests hold to the budget). The notebook runs in its own folder (its relative paths and
+    imports as a reader's JupyterLab has them)."""
     import fcntl
     import time
 
     import nbformat
     from nbclient import NotebookClient
 
-    path = Path(path)
+    path = Path(path).resolve()
     cache.mkdir(parents=True, exist_ok=True)
-    target = cache / f"{path.stem}-{lecture_key(path)}.ipynb"
-    with open(cache / f"{path.stem}.lock", "w") as lock:  # two test workers: one executes, one waits
+    # the editions share file names: ko/01_self_attention is cached as ko--01_self_attention
+    edition = path.parent.name if path.parent.name in LANGUAGES else ""
+    name = f"{edition}--{path.stem}" if edition else path.stem
+    target = cache / f"{name}-{lecture_key(path)}.ipynb"
+    with open(cache / f"{name}.lock", "w") as lock:  # two test workers: one executes, one waits
         fcntl.flock(lock, fcntl.LOCK_EX)
         if target.exists():
             return nbformat.read(target, as_version=4), 0.0
         nb = nbformat.read(path, as_version=4)
+        # a last cell reads the kernel's CPU time (its own and its children's): what the lecture
+        # costs, whatever else the machine runs at the same time; removed before the copy is kept
+        nb.cells.append(nbformat.v4.new_code_cell(CPU_PROBE))
         started = time.monotonic()
         NotebookClient(nb, timeout=EXECUTION_TIMEOUT_S, kernel_name="python3",
                        resources={"metadata": {"path": str(path.parent)}}).execute()
         elapsed = time.monotonic() - started
-        for stale in cache.glob(f"{path.stem}-*.ipynb"):
+        probe = nb.cells.pop()
+        cpu = float(probe.outputs[0]["text"].split()[-1]) if probe.outputs else float("nan")
+        nb.metadata["course"] = {"executed_in_s": round(elapsed, 1), "cpu_s": round(cpu, 1)}
+        for stale in cache.glob(f"{name}-*.ipynb"):
             stale.unlink()
         nbformat.write(nb, target)
         return nb, elapsed
@@ -254,13 +270,13 @@ def adequacy_markdown() -> str:
 CONF = """\
 project = "Transformer internals"
 author = "the course authors"
-extensions = ["myst_nb"]
+extensions = ["myst_nb", "autograder.sphinx_mathml"]
 html_theme = "sphinx_book_theme"
 html_title = "Transformer internals"
 html_static_path = ["_static"]
 html_css_files = ["course.css"]
-# MathJax from the jupyter-server-mathjax package, copied into _static: no CDN
-mathjax_path = "mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full"
+# formulas become MathML when the site is built (autograder/sphinx_mathml.py): no MathJax, no script
+html_math_renderer = "mathml"
 myst_enable_extensions = ["dollarmath", "amsmath"]
 myst_heading_anchors = 3
 nb_execution_mode = "off"  # executed beforehand, by content (autograder.website.execute_lecture)
@@ -268,7 +284,8 @@ nb_merge_streams = True
 exclude_patterns = ["_build"]
 suppress_warnings = ["myst.header"]
 html_theme_options = {"show_toc_level": 2, "use_download_button": False, "search_bar_text": "Search"}
-html_context = {"default_mode": "light"}  # else the theme logs "invalid theme mode" on a first visit
+html_context = {"default_mode": "light"}
+html_favicon = "_static/favicon.png"  # else every browser asks for /favicon.ico and logs a 404  # else the theme logs "invalid theme mode" on a first visit
 """
 
 CSS = """\
@@ -279,10 +296,17 @@ CSS = """\
 """
 
 
-def _mathjax_folder() -> Path:
-    import jupyter_server_mathjax
+def _favicon() -> bytes:
+    """A 16x16 PNG (one colour), written by hand: no image file to keep in the repository."""
+    import struct
+    import zlib
 
-    return Path(jupyter_server_mathjax.__file__).parent / "static"
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = b"".join(b"\0" + bytes((32, 96, 160)) * 16 for _ in range(16))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 16, 16, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
 
 
 def stage(source: Path, release: Path, log=print) -> None:
@@ -294,8 +318,7 @@ def stage(source: Path, release: Path, log=print) -> None:
     (source / "_static").mkdir(parents=True)
     (source / "conf.py").write_text(CONF)
     (source / "_static" / "course.css").write_text(CSS)
-    shutil.copytree(_mathjax_folder(), source / "_static" / "mathjax",
-                    ignore=shutil.ignore_patterns("tests", "__pycache__"))
+    (source / "_static" / "favicon.png").write_bytes(_favicon())
     english = sorted((ROOT / "lectures").glob("*.ipynb"))
     lectures = []
     for path in english:
@@ -382,7 +405,8 @@ def build(out: Path, log=print) -> list[str]:
         stage(source, release, log=log)
         log("rendering pages with Sphinx ...")
         proc = subprocess.run([sys.executable, "-m", "sphinx", "-b", "html", "-q", "-n", "-j", "1",
-                               str(source), str(out)], capture_output=True, text=True)
+                               str(source), str(out)], capture_output=True, text=True, cwd=ROOT,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})  # the math extension
         warnings = [w for w in proc.stderr.splitlines() if "WARNING" in w or "ERROR" in w]
         if proc.returncode != 0:
             raise RuntimeError("Sphinx failed:\n" + proc.stderr[-4000:])
