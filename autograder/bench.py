@@ -4,9 +4,10 @@
 - generation: tokens/s of the reference ``generate`` with and without the KV cache
   (goal >= 10x at 512 new tokens), against Hugging Face ``generate`` on the same weights
   (goal >= 1.0x), and the cache's bytes against ``kv_cache_bytes``.
-- flash: forward time and peak memory of naive attention, the reference FlashAttention
-  and torch SDPA at growing lengths (the reference is a teaching implementation in Python
-  loops: it wins on memory, not on CPU speed).
+- flash: forward and backward time of naive attention, the reference FlashAttention and
+  torch SDPA side by side (goals: reference <= 1.5x SDPA and >= 3x faster than naive with 8
+  heads, <= 2x SDPA with one), and the peak memory of each at n = 1024-16384, every
+  measurement in a fresh process (lecture 06 plots the same numbers).
 Times are the best of three runs (one for the slow uncached generation): another process
 on the same two cores can otherwise halve a measurement.
 """
@@ -93,55 +94,181 @@ def bench_generation(console: Console, new_tokens: int = 512, prompt_tokens: int
                   f"{kv_cache_bytes(ours.config.n_layers, block.n_heads, block.d_model // block.n_heads, prompt_tokens + new_tokens):,}")
 
 
-def _peak_bytes(fn) -> int:
-    """Peak resident memory added while ``fn`` runs in this (trusted) process: reset VmHWM
-    through clear_refs and read it back (ru_maxrss would keep an earlier high-water mark)."""
-    def status_kib(field):
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+# -- FlashAttention: speed side by side, memory in fresh processes ---------------------------
+FLASH_SPEED_CONFIGS = (  # (label, batch, heads, n, d): the goals of issue 19
+    ("b=1 h=8 n=4096", 1, 8, 4096, 64),
+    ("b=1 h=1 n=4096", 1, 1, 4096, 64),
+)
+FLASH_GOALS = {  # label -> (most reference/SDPA, least naive/reference) for the forward
+    "b=1 h=8 n=4096": (1.5, 3.0),
+    "b=1 h=1 n=4096": (2.0, None),
+}
+FLASH_MEMORY_LENGTHS = (1024, 2048, 4096, 8192, 16384)  # naive at 16384: two 1 GiB matrices per head
+MiB = 1 << 20
 
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    base = status_kib("VmRSS")
-    fn()
-    return (status_kib("VmHWM") - base) * 1024
+
+def naive_attention(q, k, v, is_causal=True):
+    """The definition: the n_q x n_k scores and probabilities are both held (2 n^2 floats)."""
+    scores = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5  # (..., n_q, n_k)
+    if is_causal:
+        n_q, n_k = q.shape[-2], k.shape[-2]
+        future = torch.ones(n_q, n_k, dtype=torch.bool, device=q.device).triu(n_k - n_q + 1)
+        scores.masked_fill_(future, float("-inf"))  # in place: one n x n float matrix, not two
+    return torch.softmax(scores, dim=-1) @ v
 
 
-def bench_flash(console: Console, lengths=(1024, 2048, 4096), d: int = 64) -> None:
-    """Forward time and peak memory: naive attention, the reference FlashAttention, torch SDPA."""
+def flash_variants():
+    """name -> forward(q, k, v) (causal), and name -> differentiable forward for the backward."""
     import torch.nn.functional as F
 
-    from solutions.flash_attention import flash_attention_forward
+    from solutions.flash_attention import flash_attention, flash_attention_forward
+
+    forward = {"naive": naive_attention,
+               "reference": lambda q, k, v: flash_attention_forward(q, k, v, True)[0],
+               "SDPA": lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True)}
+    differentiable = {"naive": naive_attention,
+                      "reference": lambda q, k, v: flash_attention(q, k, v, True),
+                      "SDPA": lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True)}
+    return forward, differentiable
 
 
-    def naive(q, k, v):
-        scores = q @ k.transpose(-1, -2) / d ** 0.5  # the n x n matrix FlashAttention avoids
-        return torch.softmax(scores, dim=-1) @ v
-
-    try:  # large blocks straight from mmap, so freed tensors leave RSS and peaks are visible
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").mallopt(-3, 65536)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        console.print("  (could not set malloc's mmap threshold: memory figures may read low)")
-    implementations = {"naive": naive,
-                       "reference flash": lambda q, k, v: flash_attention_forward(q, k, v)[0],
-                       "torch SDPA": F.scaled_dot_product_attention}
-    console.print(f"flash attention forward, float32, d={d}, one head, {torch.get_num_threads()} threads "
-                  f"(time: best of 3; memory: peak resident growth)")
-    for n in lengths:
+def flash_speed(configs=FLASH_SPEED_CONFIGS, repeats: int = 5, threads: int = 2, backward: bool = True):
+    """{label: {variant: (forward s, backward s)}}: best of ``repeats`` rounds, the variants
+    interleaved within each round (so a burst of load elsewhere hits all of them alike)."""
+    torch.set_num_threads(threads)
+    forward, differentiable = flash_variants()
+    results = {}
+    for label, b, h, n, d in configs:
         g = torch.Generator().manual_seed(n)
-        q, k, v = (torch.randn(1, 1, n, d, generator=g) for _ in range(3))
-        row = {}
-        for name, fn in implementations.items():
-            fn(q[..., :128, :], k[..., :128, :], v[..., :128, :])  # warm-up
-            _, seconds = _timed(lambda: fn(q, k, v), repeats=3)
-            row[name] = (seconds, _peak_bytes(lambda: fn(q, k, v)))
-        naive_s, naive_b = row["naive"]
-        console.print(f"  n={n:5d}: " + "; ".join(
-            f"{name} {s * 1e3:7.1f} ms {b / 2**20:6.1f} MiB" for name, (s, b) in row.items())
-            + f"; flash/naive time {row['reference flash'][0] / naive_s:4.1f}x, "
-              f"memory {row['reference flash'][1] / max(naive_b, 1):.3f}x")
+        q, k, v, grad = (torch.randn(b, h, n, d, generator=g) for _ in range(4))
+        for fn in forward.values():  # warm-up: first calls pay for dispatcher and allocator setup
+            fn(q[..., :256, :], k[..., :256, :], v[..., :256, :])
+        best = {name: [float("inf"), float("inf")] for name in forward}
+        for _ in range(repeats):
+            for name in forward:
+                with torch.no_grad():
+                    started = time.perf_counter()
+                    forward[name](q, k, v)
+                    best[name][0] = min(best[name][0], time.perf_counter() - started)
+                if backward:
+                    leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+                    out = differentiable[name](*leaves)
+                    started = time.perf_counter()
+                    out.backward(grad)
+                    best[name][1] = min(best[name][1], time.perf_counter() - started)
+                    del out, leaves
+        results[label] = {name: tuple(times) for name, times in best.items()}
+    return results
+
+
+def _vm_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+def _measure_in_child(variant: str, n: int, heads: int, d: int) -> int:
+    """In a forked child: the growth of the peak resident set (VmHWM, reset through
+    clear_refs, not ru_maxrss which keeps the parent's mark) while one forward runs."""
+    torch.set_num_threads(1)
+    forward, _ = flash_variants()
+    fn = forward[variant]
+    g = torch.Generator().manual_seed(n)
+    small = [torch.randn(1, heads, 256, d, generator=g) for _ in range(3)]
+    fn(*small)  # page in the code and the allocator's first arenas: not the variant's memory
+    q, k, v = (torch.randn(1, heads, n, d, generator=g) for _ in range(3))
+    del small
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # VmHWM := VmRSS now
+    base = _vm_kib("VmRSS")
+    with torch.no_grad():
+        fn(q, k, v)
+    return (_vm_kib("VmHWM") - base) * 1024
+
+
+def _memory_server() -> None:
+    """Run as ``python -c``: read jobs (JSON on stdin), fork a fresh child per measurement
+    from this process (which imported torch and computed nothing, so no thread pool is
+    copied), print the results as JSON."""
+    import json
+    import sys
+
+    results = []
+    for variant, n, heads, d in json.loads(sys.stdin.read()):
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: one measurement, then exit without running the parent's handlers
+            os.close(read)
+            try:
+                value = _measure_in_child(variant, n, heads, d)
+            except BaseException as error:  # e.g. MemoryError: reported, not raised
+                value = f"{type(error).__name__}: {error}"
+            os.write(write, json.dumps(value).encode())
+            os._exit(0)
+        os.close(write)
+        with os.fdopen(read) as pipe:
+            reply = pipe.read()
+        os.waitpid(pid, 0)
+        results.append(json.loads(reply) if reply else "the child died")
+    print(json.dumps(results))
+
+
+def flash_memory(lengths=FLASH_MEMORY_LENGTHS, heads: int = 1, d: int = 64,
+                 variants=("naive", "reference", "SDPA")) -> dict[str, list]:
+    """{variant: [peak bytes added by one causal float32 forward, per length]}, each measured
+    in a fresh process (bytes, or a message when the measurement failed)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    jobs = [(variant, n, heads, d) for n in lengths for variant in variants]
+    proc = subprocess.run([sys.executable, "-c", "from autograder.bench import _memory_server; _memory_server()"],
+                          input=json.dumps(jobs), capture_output=True, text=True, timeout=1800,
+                          cwd=Path(__file__).resolve().parent.parent)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the memory measurement failed: {proc.stderr[-2000:]}")
+    values = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {variant: [values[i * len(variants) + j] for i in range(len(lengths))]
+            for j, variant in enumerate(variants)}
+
+
+def _mib(value) -> str:
+    return f"{value / MiB:9.1f}" if isinstance(value, int) else f"{'failed':>9}"
+
+
+def bench_flash(console: Console, lengths=FLASH_MEMORY_LENGTHS, d: int = 64, repeats: int = 5) -> None:
+    """Forward and backward time of naive attention, the reference FlashAttention and torch
+    SDPA (causal, float32, 2 threads), ratios against the goals; then peak memory per length."""
+    load = os.getloadavg()[0]
+    console.print(f"flash attention, causal, float32, d={d}, 2 threads, best of {repeats} interleaved rounds "
+                  f"(load average {load:.1f} on {os.cpu_count()} CPUs: other processes slow every variant)")
+    speed = flash_speed(repeats=repeats)
+    for label, row in speed.items():
+        (nf, nb), (rf, rb), (sf, sb) = row["naive"], row["reference"], row["SDPA"]
+        most_sdpa, least_naive = FLASH_GOALS.get(label, (None, None))
+        goal = [f"reference/SDPA {rf / sf:4.2f}x" + (f" (goal <= {most_sdpa}x: {'met' if rf / sf <= most_sdpa else 'NOT met'})"
+                                                     if most_sdpa else ""),
+                f"naive/reference {nf / rf:4.2f}x" + (f" (goal >= {least_naive}x: {'met' if nf / rf >= least_naive else 'NOT met'})"
+                                                      if least_naive else "")]
+        console.print(f"  {label} forward:  naive {nf * 1e3:7.0f} ms, reference {rf * 1e3:7.0f} ms, "
+                      f"SDPA {sf * 1e3:7.0f} ms; " + ", ".join(goal))
+        console.print(f"  {label} backward: naive {nb * 1e3:7.0f} ms, reference {rb * 1e3:7.0f} ms, "
+                      f"SDPA {sb * 1e3:7.0f} ms; reference/SDPA {rb / sb:4.2f}x, naive/reference {nb / rb:4.2f}x")
+    lengths = tuple(lengths)
+    console.print(f"peak memory added by one causal forward, one head, d={d}, float32, each in a fresh process "
+                  f"(VmHWM after clear_refs; inputs excluded)")
+    memory = flash_memory(lengths, heads=1, d=d)
+    console.print("      n      naive  reference       SDPA   naive/ref   2n^2*4 bytes")
+    for i, n in enumerate(lengths):
+        naive, ref, sdpa = (memory[name][i] for name in ("naive", "reference", "SDPA"))
+        ratio = f"{naive / ref:9.0f}x" if isinstance(naive, int) and isinstance(ref, int) and ref > 0 else f"{'-':>10}"
+        console.print(f"  {n:5d} {_mib(naive)}  {_mib(ref)}  {_mib(sdpa)}  {ratio}   {2 * n * n * 4 / MiB:9.1f} MiB")
+    first, last = lengths[0], lengths[-1]
+    for name in ("naive", "reference", "SDPA"):
+        a, b = memory[name][0], memory[name][-1]
+        if isinstance(a, int) and isinstance(b, int) and a > 0:
+            console.print(f"  {name}: x{b / a:.1f} from n={first} to n={last} (n grew x{last / first:.0f}; "
+                          f"O(n) gives x{last / first:.0f}, O(n^2) x{(last / first) ** 2:.0f})")
 
 
 def bench_class(console: Console, students: int = 50, jobs: int = 2) -> None:
