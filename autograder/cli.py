@@ -26,17 +26,20 @@ def _grade(args) -> int:
     if not submission.is_dir():
         print(f"error: the submission folder {submission} does not exist", file=sys.stderr)
         return 2
+    # the student release ships no hidden suites: there `grade` grades the public suites,
+    # by the same engine; on the staff's checkout `--public` does the same
+    public = args.public or not available_exercises()
+    if public and not args.public:
+        print("no hidden suites here (student release): grading the public checks", file=sys.stderr)
     try:
-        if available_exercises():
-            report = grade(submission, args.exercise, timeout=args.timeout, memory_gib=args.memory_gib)
-        else:  # the student release ships no hidden suites: grade the public checks
-            from .runner import grade_public
-
-            print("no hidden suites here (student release): grading the public checks", file=sys.stderr)
-            report = grade_public(submission)
-    except ValueError as exc:  # an unknown exercise name
+        report = grade(submission, args.exercise, timeout=args.timeout, memory_gib=args.memory_gib,
+                       public=public, keyword=args.keyword, verbose=args.pytest_output)
+    except ValueError as exc:  # an unknown exercise name, a -k that selects nothing
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    from .catalogue import language
+
+    report.lang = args.lang or language()  # --lang, else the student's locale (LANG=ko_KR.UTF-8: Korean)
     # the files first: a terminal that cannot show the report must not cost the grade
     if args.json:
         report.write_json(args.json)
@@ -150,17 +153,33 @@ def _bench(args) -> int:
     return 0
 
 
+def _bench_gpu(argv) -> int:
+    from . import bench_gpu
+
+    return bench_gpu.main(argv)
+
+
 def _adequacy(args) -> int:
     from . import adequacy
 
     return adequacy.main(args.exercise, run=args.run_grading, json_path=args.json)
 
 
+def _site(args) -> int:
+    from . import website
+
+    return website.main(args.out)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:2] == ["bench", "--gpu"]:  # the GPU script has options of its own (--submission, --grade-only)
+        return _bench_gpu(argv[2:])
     parser = argparse.ArgumentParser(prog="python -m autograder", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("grade", help="grade one submission against the hidden suites")
+    p = sub.add_parser("grade", help="grade one submission against the hidden suites (the public ones in the "
+                                      "student release)")
     p.add_argument("--submission", default=str(ROOT / "exercises"),
                    help="folder with the exercise files (default: exercises/)")
     p.add_argument("--exercise", action="append", metavar="NAME",
@@ -170,6 +189,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=20.0, help="seconds per call (default 20)")
     p.add_argument("--memory-gib", type=float, default=6.0, help="worker memory cap (default 6)")
     p.add_argument("-v", "--verbose", action="store_true", help="show whole messages")
+    p.add_argument("-k", dest="keyword", metavar="EXPRESSION",
+                   help="run only the tests whose names match (pytest's -k), e.g. -k softmax")
+    p.add_argument("--public", action="store_true",
+                   help="grade the public suites (exercises/checks) instead of the hidden ones")
+    p.add_argument("--lang", choices=("en", "ko"), default=None,
+                   help="the report's language (default: Korean where LC_ALL, LC_MESSAGES or LANG starts "
+                        "with ko, else English)")
+    p.add_argument("--pytest-output", action="store_true", help=argparse.SUPPRESS)  # debugging the suites
     p.set_defaults(run=_grade)
 
     p = sub.add_parser("skeletons", help="regenerate exercises/ from solutions/")
@@ -237,6 +264,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="also grade the mutants and variants for real (minutes; default: their declared results)")
     p.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
     p.set_defaults(run=_adequacy)
+
+    p = sub.add_parser("site", help="build the course website (executed lectures in both languages, "
+                                    "exercises, API) into OUT_DIR")
+    p.add_argument("out", metavar="OUT_DIR", help="a new or empty folder; index.html lands at its root")
+    p.set_defaults(run=_site)
 
     args = parser.parse_args(argv)
     return args.run(args)

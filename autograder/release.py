@@ -19,7 +19,15 @@ from .skeleton import BEGIN, END
 ROOT = Path(__file__).resolve().parent.parent
 ENGINE = ["__init__.py", "__main__.py", "adapters", "exercises.py", "cli.py", "compare.py", "inputs.py", "report.py",
           "runner.py", "sandbox.py", "isolation.py", "worker.py", "skeleton.py", "release.py", "classroom.py",
-          "intake.py", "text.py", "replies.py", "static.py"]
+          "intake.py", "text.py", "replies.py", "static.py", "public.py"]
+TEMPLATES = ROOT / "autograder" / "templates"
+DOCS = ["API.md", "GLOSSARY.md"]  # the contract and the glossary: lectures and skeletons point to them
+# nbgrader's instructor tools, off in the student's JupyterLab (the Validate button stays)
+INSTRUCTOR_LAB_PLUGINS = ["@jupyter/nbgrader:formgrader", "@jupyter/nbgrader:create-assignment",
+                          "@jupyter/nbgrader:course-list", "@jupyter/nbgrader:assignment-list",
+                          "@jupyter/nbgrader:menu"]
+INSTRUCTOR_SERVER_EXTENSIONS = ["nbgrader.server_extensions.formgrader", "nbgrader.server_extensions.course_list",
+                                "nbgrader.server_extensions.assignment_list"]
 
 
 def build(out: Path) -> list[str]:
@@ -28,11 +36,16 @@ def build(out: Path) -> list[str]:
     if out.exists():
         raise FileExistsError(f"{out} already exists: choose a new folder")
     out.mkdir(parents=True)
-    shutil.copy(ROOT / "autograder" / "templates" / "STUDENT_README.md", out / "README.md")
-    for name in ("course.py", "requirements.txt", "pytest.ini", ".gitignore"):
+    (out / "README.md").write_text(student_readme())
+    shutil.copy(TEMPLATES / "requirements.txt", out / "requirements.txt")  # what students run, no more
+    for name in ("course.py", "pytest.ini", ".gitignore"):
         if (ROOT / name).exists():
             shutil.copy(ROOT / name, out / name)
-    shutil.copytree(ROOT / "exercises", out / "exercises", ignore=shutil.ignore_patterns("__pycache__"))
+    (out / "docs").mkdir()
+    for name in DOCS:
+        shutil.copy(ROOT / "docs" / name, out / "docs" / name)
+    shutil.copytree(ROOT / "exercises", out / "exercises",
+                    ignore=shutil.ignore_patterns("__pycache__", "reference.pt"))
     (out / "autograder").mkdir()
     for name in ENGINE:
         source = ROOT / "autograder" / name
@@ -43,7 +56,9 @@ def build(out: Path) -> list[str]:
     (out / "autograder" / "suites").mkdir()
     (out / "autograder" / "suites" / "README.md").write_text(
         "The hidden suites are not part of the student release: `python3 course.py grade` grades\n"
-        "the public checks in exercises/checks instead.\n")
+        "the public suites in exercises/checks instead, by the same engine.\n")
+    write_jupyter_config(out / ".jupyter")
+    record_reference(out / "exercises" / "checks" / "reference.pt")
     workflow = out / ".github" / "workflows"
     workflow.mkdir(parents=True)
     (workflow / "classroom.yml").write_text(classroom_workflow())
@@ -53,19 +68,66 @@ def build(out: Path) -> list[str]:
     return leak_check(out)
 
 
-def classroom_workflow(checks: dict[str, list[str]] | None = None) -> str:
+def student_readme() -> str:
+    """The student README: the template with the course order (autograder/exercises.py)."""
+    from .exercises import COURSE
+
+    rows = ["| # | exercise | lecture that prepares it | needs |", "|---|---|---|---|"]
+    for number, exercise in enumerate(COURSE, start=1):
+        if not (ROOT / "solutions" / f"{exercise.name}.py").exists():
+            continue  # listed in the course, not yet written
+        needs = ", ".join(f"`{n}`" for n in exercise.needs) or "-"
+        rows.append(f"| {number} | `exercises/{exercise.name}.py` | `lectures/{exercise.lecture}.ipynb` | {needs} |")
+    text = (TEMPLATES / "STUDENT_README.md").read_text()
+    if "<!-- COURSE ORDER -->" not in text:
+        raise ValueError("the student README template has no <!-- COURSE ORDER --> line to fill in")
+    return text.replace("<!-- COURSE ORDER -->", "\n".join(rows))
+
+
+def record_reference(path: Path) -> None:
+    """Grade the reference with the public suites once, recording every value they ask the
+    reference and the known mistakes for (``autograder/public.py``), and write them to
+    ``path``: the release's public suites read them instead of solutions/ and mistakes/."""
+    from . import public
+    from .runner import grade
+
+    recorder = public.start_recording()
+    try:
+        report = grade(ROOT / "solutions", public=True)
+    finally:
+        public.stop_recording()
+    failed = [f"{r.exercise}/{r.name}: {r.message}" for r in report.results if r.status != "passed"]
+    if failed:
+        raise RuntimeError("the reference fails its own public checks:\n  " + "\n  ".join(failed[:10]))
+    public.write_data(path, recorder.values)
+
+
+def write_jupyter_config(folder: Path) -> None:
+    """The student's Jupyter configuration directory (``python3 course.py lab`` makes it
+    JUPYTER_CONFIG_DIR): nbgrader's formgrader, create-assignment, course and assignment
+    lists off, in JupyterLab and in the server; the Validate button stays."""
+    import json
+
+    (folder / "labconfig").mkdir(parents=True)
+    (folder / "labconfig" / "page_config.json").write_text(json.dumps(
+        {"disabledExtensions": {name: True for name in INSTRUCTOR_LAB_PLUGINS}}, indent=2) + "\n")
+    (folder / "jupyter_server_config.json").write_text(json.dumps(
+        {"ServerApp": {"jpserver_extensions": {name: False for name in INSTRUCTOR_SERVER_EXTENSIONS}}},
+        indent=2) + "\n")
+
+
+def classroom_workflow(checks: dict[str, list[tuple[str, float]]] | None = None) -> str:
     """The GitHub Classroom workflow: the template with one command-grader step per public
-    check (1 point, its command exits 0 only if the check passed), so that the points
-    Classroom adds up are the public grade (``runner.grade_public``: one point per check)."""
+    test (its points, its command exits 0 only if the test passed), so that the points
+    Classroom adds up are the public grade (``runner.grade_public``)."""
     import json
 
     from .runner import public_check_ids
 
     checks = checks if checks is not None else public_check_ids()
     steps, env, runners = [], [], []
-    for file in sorted(checks):
-        exercise = Path(file).stem.removeprefix("test_")
-        for name in checks[file]:
+    for exercise in checks:
+        for name, points in checks[exercise]:
             runner = f"check{len(runners) + 1:02d}"
             check = f"{exercise}/{name}"
             # json.dumps: a double-quoted YAML scalar (check names hold brackets)
@@ -77,7 +139,7 @@ def classroom_workflow(checks: dict[str, list[str]] | None = None) -> str:
                          f"          setup-command: \"\"\n"
                          f"          command: {json.dumps(f'python -m autograder classroom-score report.json --check {json.dumps(check)}')}\n"
                          f"          timeout: 1\n"
-                         f"          max-score: 1\n")
+                         f"          max-score: {points:g}\n")
             env.append(f"          {runner.upper()}_RESULTS: \"${{{{ steps.{runner}.outputs.result }}}}\"\n")
             runners.append(runner)
     text = (ROOT / "autograder" / "templates" / "classroom.yml").read_text()
@@ -98,11 +160,22 @@ def student_notebook(source: Path, target: Path) -> None:
     resources = {}
     for preprocessor in (ClearSolutions(), ClearHiddenTests(), ClearOutput()):
         nb, resources = preprocessor.preprocess(nb, resources)
+    # cells tagged "instructor-only" and comment lines "# instructor: ..." are the staff's notes
+    nb.cells = [cell for cell in nb.cells if "instructor-only" not in cell.metadata.get("tags", [])]
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.source = "\n".join(line for line in cell.source.splitlines()
+                                    if not re.match(r"\s*#\s*instructor\s*:", line, flags=re.I))
+        if cell.cell_type == "markdown":  # "see `API.md`": a link to the release's copy
+            cell.source = re.sub(r"(?<!\[)`(API|GLOSSARY)\.md`", r"[`docs/\1.md`](../docs/\1.md)", cell.source)
     nbformat.write(nb, target)
 
 
 def _solution_lines(root: Path) -> dict[str, str]:
-    """Distinctive lines of every marked solution body -> where they come from."""
+    """Distinctive lines of every marked solution body -> where they come from. A line the API
+    reference itself states (docs/API.md fixes ``get_batch``'s exact randint call) is public."""
+    api = root / "docs" / "API.md"
+    public = " ".join(api.read_text().split()) if api.exists() else ""
     lines = {}
     for path in sorted((root / "solutions").glob("*.py")):
         inside = False
@@ -113,7 +186,10 @@ def _solution_lines(root: Path) -> dict[str, str]:
                 inside = False
             elif inside:
                 code = line.split("#")[0].strip()
-                if len(code) >= 24 and not code.startswith(("return x", "raise ", "if ", "else", "for ")):
+                # an import names a dependency the course states anyway (README, skeleton headers)
+                if len(code) >= 24 and not code.startswith(("return x", "raise ", "if ", "else", "for ", "from ",
+                                                           "import ")) \
+                        and " ".join(code.split()) not in public:
                     lines[code] = f"solutions/{path.name}:{number}"
     return lines
 
@@ -125,8 +201,25 @@ def _hidden_test_names(root: Path) -> set[str]:
     return names
 
 
+def _leaks(line: str, text: str, normalised: str) -> bool:
+    """``line`` (solution code) occurs in ``text`` as code of its own: not inside a longer name,
+    not as a signature (``def f(a, b):`` contains the call ``f(a, b)``, and signatures are
+    the API students get)."""
+    for haystack, needle in ((text, line), (normalised, " ".join(line.split()))):
+        for match in re.finditer(re.escape(needle), haystack):
+            before = haystack[max(0, match.start() - 4):match.start()]
+            after = haystack[match.end():match.end() + 1]
+            inside_a_name = before[-1:].isalnum() or before[-1:] in ("_", ".") or after.isalnum() or after == "_"
+            if before.endswith("def ") or inside_a_name:
+                continue
+            return True
+    return False
+
+
 def leak_check(tree: Path, root: Path = ROOT) -> list[str]:
-    """Every place in ``tree`` where a solution body or a hidden test appears (empty: clean)."""
+    """Every place in ``tree`` where a solution body or a hidden test appears (empty: clean).
+    The contract (docs/API.md, a copy of the course's own) may state a formula the reference
+    writes word for word: it is public by definition, so it is not searched for solution code."""
     tree = Path(tree)
     problems = []
     for forbidden in ("solutions", "autograder/mistakes", "autograder/bench.py"):
@@ -136,11 +229,13 @@ def leak_check(tree: Path, root: Path = ROOT) -> list[str]:
         problems.append(f"hidden suite {suite.relative_to(tree)} is in the release")
     solution_lines = _solution_lines(root)
     hidden_tests = _hidden_test_names(root)
+    contract = (root / "docs" / "API.md").read_bytes() if (root / "docs" / "API.md").exists() else None
     for path in sorted(p for p in tree.rglob("*") if p.is_file() and p.suffix in (".py", ".ipynb", ".md", ".txt", ".json", ".yml")):
         text = path.read_text(errors="replace")
         normalised = " ".join(text.split())
-        for line, origin in solution_lines.items():
-            if line in text or " ".join(line.split()) in normalised:
+        is_contract = contract is not None and path.read_bytes() == contract
+        for line, origin in ({} if is_contract else solution_lines).items():
+            if _leaks(line, text, normalised):
                 problems.append(f"{path.relative_to(tree)} contains solution code from {origin}: {line[:60]}")
         for name in hidden_tests:
             if re.search(rf"\b{name}\b", text):

@@ -16,7 +16,28 @@ ROOT = Path(__file__).resolve().parent.parent
 BEGIN = re.compile(r"^(\s*)### BEGIN SOLUTION\s*$")
 END = re.compile(r"^\s*### END SOLUTION\s*$")
 HEADER = ("# Exercise file: replace each `raise NotImplementedError` with your code.\n"
-          "# Check your work: `pytest exercises/checks` (public) and `python3 course.py grade`.\n")
+          "# Check your work: `python3 course.py grade` (the public checks; the course staff grade with more).\n")
+
+
+def header(name: str) -> str:
+    """The skeleton's first lines: where the exercise sits in the course (autograder/exercises.py),
+    the lecture that prepares it, the exercises it needs, and how to check it."""
+    from .exercises import BY_NAME, NAMES
+
+    exercise = BY_NAME.get(name)
+    if exercise is None:  # a file the course list does not know (a helper module)
+        return HEADER
+    needs = (", ".join(f"{n} (exercises/{n}.py)" for n in exercise.needs) + ": finish "
+             + ("it" if len(exercise.needs) == 1 else "them") + " first") if exercise.needs else "no other exercise"
+    import textwrap
+
+    prepared = textwrap.fill(f"Prepared by lectures/{exercise.lecture}.ipynb. Needs {needs}.", width=98,
+                             initial_indent="# ", subsequent_indent="# ", break_on_hyphens=False)
+    return (f"# Exercise {NAMES.index(name) + 1} of {len(NAMES)}: {name}. Replace each `raise NotImplementedError` "
+            f"with your code.\n{prepared}\n"
+            f"# The contract (shapes, conventions, precision): docs/API.md.\n"
+            f"# Check it: `python3 course.py grade --exercise {name}` (one function: add `-k NAME`; whole\n"
+            f"# messages: `-v`). Those are the public checks; the course staff grade with more inputs.\n")
 
 
 def _enclosing_functions(source: str) -> dict[int, str]:
@@ -61,7 +82,7 @@ def make_skeleton(source: str, filename: str) -> str:
             out.append(line)
     if inside:
         raise ValueError(f"{filename}: BEGIN SOLUTION without END")
-    return HEADER + "".join(out)
+    return header(Path(filename).stem) + "".join(out)
 
 
 def expected_skeletons(solutions: Path = ROOT / "solutions") -> dict[str, str]:

@@ -1,5 +1,8 @@
-# Exercise file: replace each `raise NotImplementedError` with your code.
-# Check your work: `pytest exercises/checks` (public) and `python3 course.py grade`.
+# Exercise 1 of 13: attention. Replace each `raise NotImplementedError` with your code.
+# Prepared by lectures/01_self_attention.ipynb. Needs rope (exercises/rope.py): finish it first.
+# The contract (shapes, conventions, precision): docs/API.md.
+# Check it: `python3 course.py grade --exercise attention` (one function: add `-k NAME`; whole
+# messages: `-v`). Those are the public checks; the course staff grade with more inputs.
 """Exercise: scaled dot-product attention and multi-head attention (lectures 01 and 02).
 
 Conventions used throughout the course:

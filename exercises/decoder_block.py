@@ -1,5 +1,9 @@
-# Exercise file: replace each `raise NotImplementedError` with your code.
-# Check your work: `pytest exercises/checks` (public) and `python3 course.py grade`.
+# Exercise 5 of 13: decoder_block. Replace each `raise NotImplementedError` with your code.
+# Prepared by lectures/04_transformer_block.ipynb. Needs attention (exercises/attention.py),
+# layers (exercises/layers.py): finish them first.
+# The contract (shapes, conventions, precision): docs/API.md.
+# Check it: `python3 course.py grade --exercise decoder_block` (one function: add `-k NAME`; whole
+# messages: `-v`). Those are the public checks; the course staff grade with more inputs.
 """Exercise: the decoder block of GPT-2 and Llama (lecture 04).
 
     Pre-LN  (GPT-2, Llama):            x = x + attn(norm1(x));  x = x + ffn(norm2(x))

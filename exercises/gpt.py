@@ -1,5 +1,9 @@
-# Exercise file: replace each `raise NotImplementedError` with your code.
-# Check your work: `pytest exercises/checks` (public) and `python3 course.py grade`.
+# Exercise 6 of 13: gpt. Replace each `raise NotImplementedError` with your code.
+# Prepared by lectures/04_transformer_block.ipynb. Needs decoder_block
+# (exercises/decoder_block.py): finish it first.
+# The contract (shapes, conventions, precision): docs/API.md.
+# Check it: `python3 course.py grade --exercise gpt` (one function: add `-k NAME`; whole
+# messages: `-v`). Those are the public checks; the course staff grade with more inputs.
 """Exercise: a GPT language model from decoder blocks (lectures 04 and 05).
 
     logits = lm_head(norm_f(blocks(tok_emb(idx) + pos_emb(positions))))

@@ -1,5 +1,8 @@
-# Exercise file: replace each `raise NotImplementedError` with your code.
-# Check your work: `pytest exercises/checks` (public) and `python3 course.py grade`.
+# Exercise 11 of 13: kv_cache. Replace each `raise NotImplementedError` with your code.
+# Prepared by lectures/07_kv_cache.ipynb. Needs gpt (exercises/gpt.py): finish it first.
+# The contract (shapes, conventions, precision): docs/API.md.
+# Check it: `python3 course.py grade --exercise kv_cache` (one function: add `-k NAME`; whole
+# messages: `-v`). Those are the public checks; the course staff grade with more inputs.
 """Exercise: the KV cache and autoregressive generation (lecture 07).
 
 Decoding one token at a time, every step would recompute the keys and values of the whole

@@ -1,5 +1,8 @@
-# Exercise file: replace each `raise NotImplementedError` with your code.
-# Check your work: `pytest exercises/checks` (public) and `python3 course.py grade`.
+# Exercise 4 of 13: layers. Replace each `raise NotImplementedError` with your code.
+# Prepared by lectures/04_transformer_block.ipynb. Needs no other exercise.
+# The contract (shapes, conventions, precision): docs/API.md.
+# Check it: `python3 course.py grade --exercise layers` (one function: add `-k NAME`; whole
+# messages: `-v`). Those are the public checks; the course staff grade with more inputs.
 """Exercise: normalisation layers, activations and feed-forward networks (lecture 04).
 
 LayerNorm (GPT-2, the original Transformer) and RMSNorm (Llama); GELU with the tanh

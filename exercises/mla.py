@@ -1,5 +1,6 @@
 # Exercise 12 of 13: mla. Replace each `raise NotImplementedError` with your code.
-# Prepared by lectures/07_kv_cache.ipynb. Needs rope (exercises/rope.py), layers (exercises/layers.py): finish them first.
+# Prepared by lectures/07_kv_cache.ipynb. Needs rope (exercises/rope.py), layers
+# (exercises/layers.py): finish them first.
 # The contract (shapes, conventions, precision): docs/API.md.
 # Check it: `python3 course.py grade --exercise mla` (one function: add `-k NAME`; whole
 # messages: `-v`). Those are the public checks; the course staff grade with more inputs.

@@ -1,5 +1,8 @@
-# Exercise file: replace each `raise NotImplementedError` with your code.
-# Check your work: `pytest exercises/checks` (public) and `python3 course.py grade`.
+# Exercise 3 of 13: positional. Replace each `raise NotImplementedError` with your code.
+# Prepared by lectures/03_positional_information.ipynb. Needs no other exercise.
+# The contract (shapes, conventions, precision): docs/API.md.
+# Check it: `python3 course.py grade --exercise positional` (one function: add `-k NAME`; whole
+# messages: `-v`). Those are the public checks; the course staff grade with more inputs.
 """Exercise: absolute and linear-bias positional information (lecture 03).
 
 - ``sinusoidal_encoding``: the fixed encoding of Vaswani et al. (2017), added to embeddings.

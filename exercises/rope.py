@@ -1,5 +1,8 @@
-# Exercise file: replace each `raise NotImplementedError` with your code.
-# Check your work: `pytest exercises/checks` (public) and `python3 course.py grade`.
+# Exercise 2 of 13: rope. Replace each `raise NotImplementedError` with your code.
+# Prepared by lectures/03_positional_information.ipynb. Needs no other exercise.
+# The contract (shapes, conventions, precision): docs/API.md.
+# Check it: `python3 course.py grade --exercise rope` (one function: add `-k NAME`; whole
+# messages: `-v`). Those are the public checks; the course staff grade with more inputs.
 """Exercise: rotary position embedding, RoPE (lecture 03).
 
 RoPE rotates each pair of dimensions of a query or key by an angle proportional to the

@@ -1,5 +1,9 @@
-# Exercise file: replace each `raise NotImplementedError` with your code.
-# Check your work: `pytest exercises/checks` (public) and `python3 course.py grade`.
+# Exercise 13 of 13: seq2seq. Replace each `raise NotImplementedError` with your code.
+# Prepared by lectures/09_encoder_decoder.ipynb. Needs attention (exercises/attention.py), layers
+# (exercises/layers.py), positional (exercises/positional.py): finish them first.
+# The contract (shapes, conventions, precision): docs/API.md.
+# Check it: `python3 course.py grade --exercise seq2seq` (one function: add `-k NAME`; whole
+# messages: `-v`). Those are the public checks; the course staff grade with more inputs.
 """Exercise: the original encoder-decoder Transformer (Vaswani et al., 2017; lectures 04, 05).
 
     encoder layer (Post-LN):  x = norm1(x + self_attn(x));  x = norm2(x + FFN(x))

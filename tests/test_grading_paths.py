@@ -71,17 +71,19 @@ def test_gradescope_choice_takes_the_shallowest_exercises_folder(tmp_path):
 
 
 def test_gradescope_top_level_output_names_no_hidden_test():
-    hidden = Result(exercise="kv_cache", name="secret_generation", description="greedy tokens",
+    # the hidden test's exercise comes first in course order, so the hint (the earliest
+    # unfinished exercise's first failure) would pick it
+    hidden = Result(exercise="attention", name="secret_generation", description="greedy tokens",
                         max_points=5, status="failed", visibility="after_published",
                         message="This looks like a known mistake: expected the tokens [17, 4, 9]")
-    shown = Result(exercise="attention", name="softmax", description="softmax", max_points=1,
+    shown = Result(exercise="kv_cache", name="softmax", description="softmax", max_points=1,
                        status="failed", message="not implemented")
     report = Report(submission="s", results=[shown, hidden], duration=1.0)
     assert "secret_generation" in report.hint()  # the old top-level hint: the hidden test
     results = report.to_gradescope()
     assert "secret_generation" not in results["output"] and "17, 4, 9" not in results["output"]
     assert "Total of the tests shown: 0 / 1 points" in results["output"]
-    assert {t["name"]: t["visibility"] for t in results["tests"]}["kv_cache: secret_generation"] == "after_published"
+    assert {t["name"]: t["visibility"] for t in results["tests"]}["attention: secret_generation"] == "after_published"
 
 
 @pytest.mark.slow
@@ -137,7 +139,8 @@ def test_github_classroom_points_are_the_public_grade(student_release, tmp_path)
     assert cli("grade", "--json", "old.json", cwd=skeleton).returncode == 0
     points, total = classroom_points(workflow, skeleton)
     report = json.loads((skeleton / "report.json").read_text())
-    assert points == report["score"] == 0 and total == report["max_score"] == len(graders)
+    # one step per public test, worth its points: Classroom's total is the public total
+    assert points == report["score"] == 0 and total == report["max_score"] > 0
     done = tmp_path / "done"
     shutil.copytree(student_release, done)
     for path in SOLUTIONS:
@@ -174,21 +177,34 @@ FORGER = textwrap.dedent('''
 ''')
 
 
-def old_grade_public(submission):
-    """The old grade_public, in short: one pytest process, JUnit path on its command line,
-    the score read back from that file."""
-    import tempfile
+OLD_CHECK = textwrap.dedent('''
+    # the old public checks, in short: the student's code imported into this pytest process
+    import importlib.util, os, torch
+
+    def test_softmax_rows():
+        spec = importlib.util.spec_from_file_location("attention", os.path.join(os.environ["COURSE_SUBMISSION"], "attention.py"))
+        attention = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(attention)
+        torch.testing.assert_close(attention.softmax(torch.zeros(2, 3), dim=-1), torch.full((2, 3), 1 / 3))
+''')
+
+
+def old_grade_public(submission, tmp_path):
+    """The old grade_public, in short: the checks and the student's code in one pytest process,
+    the JUnit path on its command line, the score read back from that file."""
     import xml.etree.ElementTree as ElementTree
 
-    with tempfile.TemporaryDirectory() as tmp:
-        junit = os.path.join(tmp, "junit.xml")
-        env = dict(os.environ, COURSE_SUBMISSION=str(submission))
-        subprocess.run([sys.executable, "-m", "pytest", str(ROOT / "exercises" / "checks"), "-q", "-p",
-                        "no:cacheprovider", f"--junitxml={junit}", f"--rootdir={ROOT / 'exercises' / 'checks'}",
-                        "-c", os.devnull], env=env, cwd=tmp, capture_output=True, timeout=600)
-        cases = list(ElementTree.parse(junit).getroot().iter("testcase"))
-        return sum(1 for c in cases if c.find("failure") is None and c.find("error") is None and
-                   c.find("skipped") is None), len(cases)
+    checks = tmp_path / "old-checks"
+    checks.mkdir()
+    (checks / "test_attention.py").write_text(OLD_CHECK)
+    junit = tmp_path / "junit.xml"
+    env = dict(os.environ, COURSE_SUBMISSION=str(submission))
+    subprocess.run([sys.executable, "-m", "pytest", str(checks), "-q", "-p", "no:cacheprovider",
+                    f"--junitxml={junit}", f"--rootdir={checks}", "-c", os.devnull], env=env, cwd=tmp_path,
+                   capture_output=True, timeout=600)
+    cases = list(ElementTree.parse(junit).getroot().iter("testcase"))
+    return sum(1 for c in cases if c.find("failure") is None and c.find("error") is None and
+               c.find("skipped") is None), len(cases)
 
 
 @pytest.mark.slow
@@ -199,10 +215,13 @@ def test_a_submission_that_rewrites_junit_files_gains_nothing(tmp_path):
         shutil.copy(path, forger / path.name)
     with open(forger / "attention.py", "a") as f:
         f.write(FORGER)
-    passed, total = old_grade_public(forger)
+    passed, total = old_grade_public(forger, tmp_path)
     assert passed == total > 0  # the old path: a skeleton scored full marks
-    report = grade_public(forger)
-    assert report.score == grade_public(ROOT / "exercises").score == 0 and report.max_score == total
+    # now the public suites run in the grader, the submission only in the worker: no JUnit file,
+    # nothing of the grader's in reach; the forger scores what the skeleton scores
+    report = grade_public(forger, ["attention"])
+    skeleton = grade_public(ROOT / "exercises", ["attention"])
+    assert report.score == skeleton.score == 0 and report.max_score == skeleton.max_score > 0
 
 
 @pytest.mark.slow
@@ -218,5 +237,5 @@ def test_a_submission_folder_named_exercises_is_the_one_graded(tmp_path):
                          env=dict(os.environ, PYTHONPATH=os.pathsep.join([str(student.parent), str(ROOT)])),
                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert old.stdout.strip() == str(ROOT / "exercises" / "attention.py")
-    report = grade_public(student)
+    report = grade_public(student, ["attention", "positional"])
     assert report.score == report.max_score > 0, [(r.name, r.message) for r in report.results if r.status != "passed"]

@@ -1,105 +1,31 @@
-"""Public checks: quick shape and small-number tests you may run as often as you like.
+"""Public suites: the checks you run as often as you like, graded by the same engine as the
+staff's hidden suites (your code runs in a separate worker process; the grader compares its
+values with the reference's and names a known mistake when your values match one).
 
-    pytest exercises/checks            # checks exercises/
-    COURSE_IMPL=solutions pytest exercises/checks   # (instructors) checks solutions/
+    python3 course.py grade                                  # every exercise, in course order
+    python3 course.py grade --exercise attention             # one exercise
+    python3 course.py grade --exercise attention -k softmax  # the tests whose names match
+    python3 course.py grade --exercise attention -v          # whole messages
 
-They run your code in this process and see only easy cases; the hidden suite that grades
-you (`python3 course.py grade`) tries many more shapes, dtypes and edge cases.
-
-The code under test is imported by its folder's path, as the package ``course_submission``
-(so a submission folder called ``exercises`` elsewhere is the one checked, never this
-repository's own ``exercises/``). ``COURSE_SUBMISSION`` names that folder (the grader sets
-it); else it is ``COURSE_IMPL`` (default ``exercises``) inside this repository.
+The inputs here are public and differ from the staff's; the staff's hidden suite tries more
+shapes, dtypes and edge cases. Reference values come from the ``reference`` fixture
+(``autograder/public.py``): computed from the reference on the staff's side, recorded in
+``reference.pt`` for the student release.
 """
-import importlib
-import os
-import sys
-import types
 from pathlib import Path
 
 import pytest
-import torch
-
-# without a GPU, Triton kernels run in its interpreter; this must be set before triton loads
-os.environ.setdefault("TRITON_INTERPRET", "0" if torch.cuda.is_available() else "1")
-
-REPOSITORY = Path(__file__).resolve().parents[2]
-PACKAGE = "course_submission"
 
 
-def _read_results_path():
-    """When the grader runs these checks (``runner.grade_public``), it hands over where the
-    JUnit results go through an inherited pipe, not the command line or the environment,
-    so the code under test (imported later) cannot read the path from either; the pipe is
-    closed before any of that code runs."""
-    fd = os.environ.pop("COURSE_RESULTS_FD", None)
-    if fd is None:
-        return None
-    fd = int(fd)
-    chunks = []
-    while True:
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(fd)
-    return b"".join(chunks).decode()
-
-
-_results_path = _read_results_path()
-_exit_status = [0]
-
-
-@pytest.hookimpl(tryfirst=True)
 def pytest_configure(config):
-    global _results_path
-    if _results_path is not None:
-        config.option.xmlpath = _results_path  # before junitxml's own pytest_configure reads it
-        config._course_grading = True
-        _results_path = None
+    # a bare `pytest exercises/checks` has no worker and no grader to compare: say what to run
+    if not any(type(p).__name__ == "GradingPlugin" for p in config.pluginmanager.get_plugins()):
+        raise pytest.UsageError("the public checks run inside the grader: python3 course.py grade "
+                                "[--exercise NAME] [-k NAME] [-v]")
 
 
-def pytest_sessionfinish(session, exitstatus):
-    _exit_status[0] = int(exitstatus)
+@pytest.fixture
+def reference(request):
+    from autograder.public import Reference
 
-
-@pytest.hookimpl(trylast=True)
-def pytest_unconfigure(config):
-    # graded: the results are written; end here, so that no atexit handler or finaliser of
-    # the code under test runs after them (one that rewrote the results file would be too late)
-    if getattr(config, "_course_grading", False):
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(_exit_status[0])
-
-
-def _submission_folder() -> Path:
-    given = os.environ.get("COURSE_SUBMISSION")
-    if given:
-        return Path(given)
-    return REPOSITORY / os.environ.get("COURSE_IMPL", "exercises")
-
-
-def _exercise(name):
-    if PACKAGE not in sys.modules:
-        # a package whose only folder is the submission: `from .attention import ...` between
-        # exercise files works, and nothing else on sys.path can stand in for it
-        package = types.ModuleType(PACKAGE)
-        package.__path__ = [str(_submission_folder())]
-        package.__package__ = PACKAGE
-        sys.modules[PACKAGE] = package
-    return importlib.import_module(f"{PACKAGE}.{name}")
-
-
-def _module_fixture(name):
-    @pytest.fixture(scope="session", name=name)
-    def module():
-        return _exercise(name)
-
-    return module
-
-
-# one fixture per exercise module: a test asks for `attention`, `rope`, ... by name
-for _name in ("attention", "rope", "positional", "layers", "decoder_block", "gpt", "kv_cache",
-              "flash_attention", "flash_attention_triton", "seq2seq"):
-    globals()[f"{_name}_module"] = _module_fixture(_name)
+    return Reference(f"{Path(str(request.node.fspath)).stem}::{request.node.name}")
