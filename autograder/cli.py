@@ -168,7 +168,7 @@ def _adequacy(args) -> int:
 def _site(args) -> int:
     from . import website
 
-    return website.main(args.out)
+    return website.main(args.out, args.release)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -268,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("site", help="build the course website (executed lectures in both languages, "
                                     "exercises, API) into OUT_DIR")
     p.add_argument("out", metavar="OUT_DIR", help="a new or empty folder; index.html lands at its root")
+    p.add_argument("--release", metavar="DIR", help="a student release already built by `release` (default: build one)")
     p.set_defaults(run=_site)
 
     args = parser.parse_args(argv)

@@ -62,13 +62,19 @@ def build(out: Path) -> list[str]:
     workflow = out / ".github" / "workflows"
     workflow.mkdir(parents=True)
     (workflow / "classroom.yml").write_text(classroom_workflow())
-    (out / "lectures").mkdir()
+    (out / "lectures" / "ko").mkdir(parents=True)
     for notebook in sorted((ROOT / "lectures").glob("*.ipynb")):
         student_notebook(notebook, out / "lectures" / notebook.name)
+    for notebook in sorted((ROOT / "lectures" / "ko").glob("*.ipynb")):  # the Korean edition
+        student_notebook(notebook, out / "lectures" / "ko" / notebook.name, docs="../../docs")
+    if (ROOT / "data").exists():  # the corpus lecture 05 trains on, with its licence
+        shutil.copytree(ROOT / "data", out / "data", ignore=shutil.ignore_patterns("__pycache__"))
+    if (TEMPLATES / "STUDENT_README.ko.md").exists():  # the same README in Korean
+        (out / "README.ko.md").write_text(student_readme("STUDENT_README.ko.md"))
     return leak_check(out)
 
 
-def student_readme() -> str:
+def student_readme(template: str = "STUDENT_README.md") -> str:
     """The student README: the template with the course order (autograder/exercises.py)."""
     from .exercises import COURSE
 
@@ -78,7 +84,7 @@ def student_readme() -> str:
             continue  # listed in the course, not yet written
         needs = ", ".join(f"`{n}`" for n in exercise.needs) or "-"
         rows.append(f"| {number} | `exercises/{exercise.name}.py` | `lectures/{exercise.lecture}.ipynb` | {needs} |")
-    text = (TEMPLATES / "STUDENT_README.md").read_text()
+    text = (TEMPLATES / template).read_text()
     if "<!-- COURSE ORDER -->" not in text:
         raise ValueError("the student README template has no <!-- COURSE ORDER --> line to fill in")
     return text.replace("<!-- COURSE ORDER -->", "\n".join(rows))
@@ -151,7 +157,7 @@ def classroom_workflow(checks: dict[str, list[tuple[str, float]]] | None = None)
     return text
 
 
-def student_notebook(source: Path, target: Path) -> None:
+def student_notebook(source: Path, target: Path, docs: str = "../docs") -> None:
     """The lecture without quiz solutions, hidden tests and outputs (nbgrader's preprocessors)."""
     import nbformat
     from nbgrader.preprocessors import ClearHiddenTests, ClearOutput, ClearSolutions
@@ -167,7 +173,7 @@ def student_notebook(source: Path, target: Path) -> None:
             cell.source = "\n".join(line for line in cell.source.splitlines()
                                     if not re.match(r"\s*#\s*instructor\s*:", line, flags=re.I))
         if cell.cell_type == "markdown":  # "see `API.md`": a link to the release's copy
-            cell.source = re.sub(r"(?<!\[)`(API|GLOSSARY)\.md`", r"[`docs/\1.md`](../docs/\1.md)", cell.source)
+            cell.source = re.sub(r"(?<!\[)`(API|GLOSSARY)\.md`", rf"[`docs/\1.md`]({docs}/\1.md)", cell.source)
     nbformat.write(nb, target)
 
 

@@ -387,17 +387,25 @@ def site_leaks(out: Path) -> list[str]:
         return [problem.replace(tmp, str(out)) for problem in leak_check(Path(tmp))]
 
 
-def build(out: Path, log=print) -> list[str]:
-    """Build the site into ``out`` (created; must not hold anything else); returns the leak
+def build(out: Path, release: Path | None = None, log=print) -> list[str]:
+    """Build the site into ``out`` (created; must not hold anything else) from a student
+    release (``release``: one already built; else one is built here); returns the leak
     report of the built pages (empty: clean). Raises RuntimeError when Sphinx fails."""
     from .release import build as build_release
+    from .release import leak_check
 
     out = Path(out).resolve()
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} is not empty: choose a new or empty folder")
     with tempfile.TemporaryDirectory(prefix="course-site-") as tmp:
-        release = Path(tmp) / "release"
-        release_leaks = build_release(release)
+        if release is None:
+            release = Path(tmp) / "release"
+            release_leaks = build_release(release)
+        else:
+            release = Path(release).resolve()
+            if not (release / "exercises").is_dir():
+                raise FileExistsError(f"{release} is not a student release (no exercises/ folder)")
+            release_leaks = leak_check(release)
         if release_leaks:
             raise RuntimeError("the student release leaks: " + "; ".join(release_leaks[:5]))
         source = Path(tmp) / "source"
@@ -416,9 +424,9 @@ def build(out: Path, log=print) -> list[str]:
     return site_leaks(out)
 
 
-def main(out: str) -> int:
+def main(out: str, release: str | None = None) -> int:
     try:
-        leaks = build(Path(out))
+        leaks = build(Path(out), Path(release) if release else None)
     except (FileExistsError, RuntimeError) as exc:
         print(f"site: {exc}", file=sys.stderr)
         return 1

@@ -31,13 +31,14 @@ LECTURE = "01_self_attention"
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory):
+def site(tmp_path_factory, student_release):
     """The site built by the command a reader runs (COURSE_SITE_DIR: one already built, to
     iterate on these tests without rebuilding)."""
     if os.environ.get("COURSE_SITE_DIR"):
         return Path(os.environ["COURSE_SITE_DIR"])
     out = tmp_path_factory.mktemp("site") / "html"
-    proc = subprocess.run([sys.executable, "-m", "autograder", "site", str(out)], cwd=ROOT,
+    # the release the other tests use (building one records the reference: minutes)
+    proc = subprocess.run([sys.executable, "-m", "autograder", "site", str(out), "--release", str(student_release)], cwd=ROOT,
                           capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return out
