@@ -434,7 +434,7 @@ def classroom_score(report_path: Path, check: str | None = None) -> int:
     """For GitHub Classroom's command grader, which gives a step its whole max-score when the
     command exits 0 and nothing otherwise: print the score and exit 0 only at full marks.
     ``check`` ("attention/test_softmax_small_example"): exit 0 only if that check passed, so
-    one grader step per check (1 point each) makes Classroom's points the public grade."""
+    one grader step per check (worth its points) makes Classroom's points the public grade."""
     report = json.loads(Path(report_path).read_text())
     percent = round(100 * report["score"] / report["max_score"]) if report["max_score"] else 0
     print(f"score: {report['score']:g} / {report['max_score']:g} ({percent}%)")

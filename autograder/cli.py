@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="run one benchmark (class, which takes minutes, runs only when named)")
     p.add_argument("--students", type=int, default=50, help="class size for --only class")
     p.add_argument("--jobs", type=int, default=2, help="parallel graders for --only class")
-    p.add_argument("--flash-lengths", type=int, nargs="+", default=[1024, 2048, 4096],
+    p.add_argument("--flash-lengths", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384],
                    help="sequence lengths for the flash benchmark")
     p.add_argument("--new-tokens", type=int, default=512, help="tokens to generate (default 512)")
     p.set_defaults(run=_bench)
