@@ -19,7 +19,7 @@ from .skeleton import BEGIN, END
 ROOT = Path(__file__).resolve().parent.parent
 ENGINE = ["__init__.py", "__main__.py", "adapters", "exercises.py", "cli.py", "compare.py", "inputs.py", "report.py",
           "runner.py", "sandbox.py", "isolation.py", "worker.py", "skeleton.py", "release.py", "classroom.py",
-          "intake.py", "text.py", "replies.py", "static.py", "public.py"]
+          "intake.py", "text.py", "replies.py", "static.py", "public.py", "catalogue.py"]
 TEMPLATES = ROOT / "autograder" / "templates"
 DOCS = ["API.md", "GLOSSARY.md"]  # the contract and the glossary: lectures and skeletons point to them
 # nbgrader's instructor tools, off in the student's JupyterLab (the Validate button stays)
@@ -44,6 +44,8 @@ def build(out: Path) -> list[str]:
     (out / "docs").mkdir()
     for name in DOCS:
         shutil.copy(ROOT / "docs" / name, out / "docs" / name)
+    if (ROOT / "docs" / "ko").exists():  # the exercises' task statements in Korean
+        shutil.copytree(ROOT / "docs" / "ko", out / "docs" / "ko")
     shutil.copytree(ROOT / "exercises", out / "exercises",
                     ignore=shutil.ignore_patterns("__pycache__", "reference.pt"))
     (out / "autograder").mkdir()
@@ -59,6 +61,7 @@ def build(out: Path) -> list[str]:
         "the public suites in exercises/checks instead, by the same engine.\n")
     write_jupyter_config(out / ".jupyter")
     record_reference(out / "exercises" / "checks" / "reference.pt")
+    write_catalogue(out / "autograder" / "catalogue_ko.toml", out / "exercises" / "checks" / "reference.pt")
     workflow = out / ".github" / "workflows"
     workflow.mkdir(parents=True)
     (workflow / "classroom.yml").write_text(classroom_workflow())
@@ -78,16 +81,45 @@ def student_readme(template: str = "STUDENT_README.md") -> str:
     """The student README: the template with the course order (autograder/exercises.py)."""
     from .exercises import COURSE
 
-    rows = ["| # | exercise | lecture that prepares it | needs |", "|---|---|---|---|"]
+    korean = template.endswith(".ko.md")
+    rows = ["| # | 연습 | 준비 강의 | 선수 연습 |" if korean else "| # | exercise | lecture that prepares it | needs |",
+            "|---|---|---|---|"]
+    lectures = "lectures/ko" if korean else "lectures"
     for number, exercise in enumerate(COURSE, start=1):
         if not (ROOT / "solutions" / f"{exercise.name}.py").exists():
             continue  # listed in the course, not yet written
         needs = ", ".join(f"`{n}`" for n in exercise.needs) or "-"
-        rows.append(f"| {number} | `exercises/{exercise.name}.py` | `lectures/{exercise.lecture}.ipynb` | {needs} |")
+        rows.append(f"| {number} | `exercises/{exercise.name}.py` | `{lectures}/{exercise.lecture}.ipynb` | {needs} |")
     text = (TEMPLATES / template).read_text()
     if "<!-- COURSE ORDER -->" not in text:
         raise ValueError("the student README template has no <!-- COURSE ORDER --> line to fill in")
     return text.replace("<!-- COURSE ORDER -->", "\n".join(rows))
+
+
+def _strings(value, found: set[str]) -> set[str]:
+    if isinstance(value, str):
+        found.add(value)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _strings(key, found)
+            _strings(item, found)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _strings(item, found)
+    return found
+
+
+def write_catalogue(path: Path, recorded: Path) -> None:
+    """The Korean catalogue as the release ships it: every template, and only the mistake
+    sentences its public checks can show (those in the recorded reference values). The whole
+    catalogue holds every known mistake, and some state the reference's formula."""
+    import torch
+
+    from .catalogue import release_text
+
+    strings = _strings(torch.load(recorded, weights_only=True), set())
+    shown = " ".join(strings)
+    path.write_text(release_text(lambda en: en in shown))
 
 
 def record_reference(path: Path) -> None:
@@ -236,7 +268,7 @@ def leak_check(tree: Path, root: Path = ROOT) -> list[str]:
     solution_lines = _solution_lines(root)
     hidden_tests = _hidden_test_names(root)
     contract = (root / "docs" / "API.md").read_bytes() if (root / "docs" / "API.md").exists() else None
-    for path in sorted(p for p in tree.rglob("*") if p.is_file() and p.suffix in (".py", ".ipynb", ".md", ".txt", ".json", ".yml")):
+    for path in sorted(p for p in tree.rglob("*") if p.is_file() and p.suffix in (".py", ".ipynb", ".md", ".txt", ".json", ".yml", ".toml")):
         text = path.read_text(errors="replace")
         normalised = " ".join(text.split())
         is_contract = contract is not None and path.read_bytes() == contract

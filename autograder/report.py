@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from rich.console import Console
 from rich.table import Table
@@ -155,7 +155,8 @@ class Report:
         except Exception as exc:  # noqa: BLE001 - whatever rich or the terminal raised
             failure = f"(the formatted report could not be printed: {type(exc).__name__}; plain text follows)"
         try:
-            sys.stdout.write(ascii_text(failure + "\n" + self.plain_text(verbose)) + "\n")
+            # in English: this fallback is plain ASCII, where Korean would come out as "?"
+            sys.stdout.write(ascii_text(failure + "\n" + replace(self, lang="en").plain_text(verbose)) + "\n")
             sys.stdout.flush()
         except Exception:  # noqa: BLE001 - no terminal at all: the files hold the report
             pass

@@ -22,9 +22,9 @@ ADAMW_L2 = ("the weight decay is added to the gradient (Adam + L2): AdamW decays
 ADAMW_DECAY_AFTER = ("the weight decay is applied after the Adam update: torch.optim.AdamW decays "
                      "the parameter first, then takes the step")
 ADAMW_NO_BIAS_CORRECTION = {
-    "first": "the first moment is not bias-corrected: m_hat = m / (1 - beta1 ** t)",
-    "second": "the second moment is not bias-corrected: v_hat = v / (1 - beta2 ** t)",
-    "both": "neither moment is bias-corrected: m_hat = m / (1 - beta1 ** t), v_hat = v / (1 - beta2 ** t)",
+    "first": "the first moment is not bias-corrected: m_hat = m / (1 - beta1^t)",
+    "second": "the second moment is not bias-corrected: v_hat = v / (1 - beta2^t)",
+    "both": "neither moment is bias-corrected: m_hat = m / (1 - beta1^t), v_hat = v / (1 - beta2^t)",
 }
 ADAMW_EPS_IN_SQRT = "eps sits inside the square root: the step divides by sqrt(v_hat) + eps"
 ADAMW_NO_SKIP = ("parameters without a gradient are not skipped (treated as a zero gradient): "
