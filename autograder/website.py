@@ -111,7 +111,9 @@ def execute_lecture(path: Path, cache: Path = CACHE):
                        resources={"metadata": {"path": str(path.parent)}}).execute()
         elapsed = time.monotonic() - started
         probe = nb.cells.pop()
-        cpu = float(probe.outputs[0]["text"].split()[-1]) if probe.outputs else float("nan")
+        # the print may arrive as several stream chunks: join them before reading the number
+        printed = "".join(o.get("text", "") for o in probe.outputs if o.get("output_type") == "stream").split()
+        cpu = float(printed[-1]) if printed and printed[-1][0].isdigit() else float("nan")
         nb.metadata["course"] = {"executed_in_s": round(elapsed, 1), "cpu_s": round(cpu, 1)}
         for stale in cache.glob(f"{name}-*.ipynb"):
             stale.unlink()
