@@ -33,6 +33,9 @@ class SuiteTest:
     name: str  # without the test_ prefix, as reports and mutants name it
     points: float  # per case
     cases: int  # parametrized cases (1 without parametrize)
+    # @pytest.mark.rules(...): the API rules it enforces, "id" of the suite's own exercise's
+    # rule file or "exercise:id" of another's (kv_cache's suite grades MultiHeadAttention's cache)
+    rules: tuple[str, ...] = ()
 
     @property
     def max_points(self) -> float:
@@ -73,18 +76,30 @@ def suite_tests(exercise: str) -> list[SuiteTest]:
     for node in tree.body:
         if not (isinstance(node, ast.FunctionDef) and node.name.startswith("test_")):
             continue
-        points, cases = 0.0, 1
+        points, cases, rules = 0.0, 1, ()
         for decorator in node.decorator_list:
             if (call := _marker(decorator, "points")) is not None:
                 points = float(ast.literal_eval(call.args[0]))
             if (call := _marker(decorator, "parametrize")) is not None:
                 cases *= _count_cases(call.args[1], names)  # stacked parametrize multiplies
-        tests.append(SuiteTest(node.name[len("test_"):], points, cases))
+            if (call := _marker(decorator, "rules")) is not None:
+                rules += tuple(ast.literal_eval(arg) for arg in call.args)
+        tests.append(SuiteTest(node.name[len("test_"):], points, cases, rules))
     return tests
 
 
 def exercises() -> list[str]:
-    return sorted(p.stem[len("test_"):] for p in SUITES.glob("test_*.py"))
+    """The course's exercises (autograder/exercises.py, in course order) that have a hidden
+    suite: one being written appears as soon as its suite file does."""
+    from .exercises import course_order
+
+    return course_order(p.stem[len("test_"):] for p in SUITES.glob("test_*.py"))
+
+
+def rule_key(exercise: str, declared: str) -> tuple[str, str]:
+    """A declared rule of ``exercise``'s suite -> (rule file's exercise, rule id)."""
+    owner, _, rule_id = declared.rpartition(":")
+    return (owner or exercise, rule_id)
 
 
 # ---------------------------------------------------------------------------------------
@@ -100,11 +115,26 @@ def load_mutants() -> dict[str, dict]:
     return MUTANTS
 
 
+VARIANTS = ROOT / "tests" / "fixtures" / "variants"
+ALSO_GRADED = "grades.txt"  # in a variant folder: exercises to grade beyond its files' stems
+
+
 def load_variants() -> dict[str, list[str]]:
-    """VARIANTS of tests/test_grading.py (variant folder -> exercises), read with ast so that
-    the test module's imports (jsonschema, pytest) are not needed."""
-    tree = ast.parse((ROOT / "tests" / "test_grading.py").read_text())
-    return ast.literal_eval(_module_values(tree)["VARIANTS"])
+    """Correct variants (tests/fixtures/variants/<variant>/) -> the exercises they are graded
+    on, in course order: the stems of the folder's .py files (the exercises it replaces),
+    plus those ``grades.txt`` names (one per line, ``#`` comments), for a variant whose code
+    other exercises' suites run (RoPE written inside attention.py is graded by rope's)."""
+    from .exercises import course_order
+
+    found = {}
+    for folder in sorted(p for p in VARIANTS.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
+        names = {p.stem for p in folder.glob("*.py")}
+        extra = folder / ALSO_GRADED
+        if extra.exists():
+            names |= {line.split("#")[0].strip() for line in extra.read_text().splitlines()} - {""}
+        if names:
+            found[folder.name] = course_order(names)
+    return found
 
 
 def load_rules(exercise: str) -> list[dict]:
@@ -115,7 +145,7 @@ def load_rules(exercise: str) -> list[dict]:
 
 
 def mutant_exercises(mutant: dict) -> list[str]:
-    return mutant.get("exercises", ["attention"])  # tests/test_mistakes.py's default
+    return mutant["exercises"]  # tests/fixtures/mutants: the module's name unless it says otherwise
 
 
 def caught_tests(mutant: dict, tests: list[SuiteTest]) -> list[str]:

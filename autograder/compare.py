@@ -19,6 +19,25 @@ class Mismatch(AssertionError):
     """A value from the submission is not what the reference says."""
 
 
+def check_parameters(got, expected: dict, what: str) -> None:
+    """Assert that a module's parameters have the API's names and shapes.
+
+    ``got``: the worker's parameter table (``{"parameters": {name: {"shape", ...}}}``, from
+    ``module_parameters``) or ``{name: shape}``; ``expected``: ``{name: shape}`` (the reference's
+    ``named_parameters()``). The message is the one every parameter check uses, in the worker
+    too (``autograder.adapters.parameter_mismatch``): what is missing, what is not in the API,
+    which shapes differ."""
+    from .adapters import parameter_mismatch
+
+    table = got.get("parameters", got) if isinstance(got, dict) else None
+    if not isinstance(table, dict):
+        raise Mismatch(f"{what}: expected a parameter table, got {describe(got)}")
+    shapes = {name: tuple(info["shape"]) if isinstance(info, dict) else tuple(info) for name, info in table.items()}
+    problem = parameter_mismatch(what, {name: tuple(shape) for name, shape in expected.items()}, shapes)
+    if problem:
+        raise Mismatch(problem)
+
+
 def tolerance(dtype: torch.dtype, n_terms: int = 1, magnitude: float = 1.0) -> float:
     """Absolute and relative tolerance for a result of ``dtype`` next to a float64 reference.
 

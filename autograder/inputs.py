@@ -9,6 +9,11 @@ def randn(*shape, seed: int, dtype=torch.float64, scale: float = 1.0) -> torch.T
     return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype)
 
 
+def randint(low: int, high: int, *shape, seed: int) -> torch.Tensor:
+    """Integers (token ids, positions) in [low, high), int64, from their own seeded generator."""
+    return torch.randint(low, high, shape, generator=torch.Generator().manual_seed(seed))
+
+
 def random_state_dict(module: torch.nn.Module, seed: int, std: float = 0.3) -> dict:
     """Every parameter drawn from N(0, std): no default inits (ones, zeros) that hide mistakes."""
     g = torch.Generator().manual_seed(seed)

@@ -8,6 +8,7 @@ and the next call starts a fresh one, so one bad function costs only its own tes
 """
 from __future__ import annotations
 
+import inspect
 import io
 import os
 import re
@@ -22,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from dataclasses import dataclass
+
 import torch
 
 from .isolation import (MAX_PROCESSES, ROOT, IsolationPlan, UidLease, become_subreaper, drop_to, kill_strays,
@@ -32,8 +35,65 @@ from .isolation import LIVE_WORKERS
 from .replies import OutputDrain, validate
 
 HERE = Path(__file__).resolve().parent
+ADAPTERS = HERE / "adapters"  # copied into every worker's folder (see autograder/adapters/__init__.py)
 GiB = 1 << 30
 MiB = 1 << 20
+# the adapters' parameters that name the student's class or function: a call's strikes and
+# intake checks are per student name, not per adapter
+STUDENT_NAME_PARAMETERS = ("cls", "target")
+
+
+class Adapters:
+    """The trusted worker-side helpers as methods with keyword arguments:
+    ``worker.adapters.module_forward(cls="attention.MultiHeadAttention", init_kwargs=cfg, ...)``
+    runs autograder/adapters/__init__.py's ``module_forward`` in the worker, and
+    ``worker.adapters.gpt.forward(config=..., ...)`` autograder/adapters/gpt.py's ``forward``
+    (the same as ``worker.call("@module_forward", ...)`` / ``worker.call("@gpt.forward", ...)``).
+    The arguments are checked against the helper's signature here, in the grader, so a
+    suite's mistake is a grader error, not a failed test; ``timeout=`` is the worker call's."""
+
+    def __init__(self, worker: "Worker", module: str = ""):
+        self._worker, self._module = worker, module
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if not self._module and (ADAPTERS / f"{name}.py").is_file():
+            return Adapters(self._worker, name)
+        target = f"@{self._module}.{name}" if self._module else f"@{name}"
+        function = _adapter_function(self._module, name)
+
+        def call(*args, timeout: float | None = None, **kwargs):
+            if function is not None:
+                inspect.signature(function).bind(None, *args, **kwargs)  # None: the worker's Submission
+            return self._worker.call(target, *args, timeout=timeout, **kwargs)
+
+        call.__name__ = call.__qualname__ = name
+        call.__doc__ = getattr(function, "__doc__", None)
+        return call
+
+    def __dir__(self):
+        if self._module:
+            return sorted(n for n in vars(_adapter_module(self._module)) if not n.startswith("_"))
+        return sorted([p.stem for p in ADAPTERS.glob("[!_]*.py")] + [n for n in vars(_adapter_module("")) if not n.startswith("_")])
+
+
+def _adapter_module(module: str):
+    import importlib
+
+    return importlib.import_module(f"{__package__}.adapters" + (f".{module}" if module else ""))
+
+
+def _adapter_function(module: str, name: str):
+    """The helper itself, imported here only to check a call's arguments (None if it cannot
+    be imported in the grader, e.g. it needs a library only the worker has)."""
+    try:
+        function = getattr(_adapter_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        if isinstance(exc, AttributeError):
+            raise AttributeError(f"autograder/adapters/{module or '__init__'}.py has no helper {name!r}") from None
+        return None
+    return function if callable(function) else None
 
 
 class SubmissionError(Exception):
@@ -44,11 +104,28 @@ class SubmissionError(Exception):
         self.kind = kind  # not-implemented | missing | exception | timeout | crash | memory | bad-reply | background
 
 
+@dataclass(frozen=True)
+class WorkerLimits:
+    """The worker's limits, each default with its reason: the one place they are set (the
+    command line's --timeout and --memory-gib default to these)."""
+    timeout_s: float = 20.0  # per call; the reference's whole course grades in about 22 s (README)
+    startup_timeout_s: float = 120.0  # importing torch in a cold container, as an unprivileged uid
+    memory_gib: float = 6.0  # stops runaway allocations; the memory tests set their own, tighter caps
+    max_reply_mib: int = 256  # a reply is a few tensors; this stops a flood before it is read
+    output_mib: int = 16  # the largest file the worker may write (RLIMIT_FSIZE)
+    cpu_seconds: int = 1800  # one worker may serve a whole course's suites: minutes, not seconds
+    max_strikes_per_target: int = 2  # a function that hung or crashed twice is not run again
+
+
+LIMITS = WorkerLimits()
+
+
 class Worker:
-    def __init__(self, submission: str | os.PathLike, *, timeout: float = 20.0,
-                 startup_timeout: float = 120.0, memory_bytes: int = 6 * GiB,
-                 max_reply_bytes: int = 256 * MiB, output_bytes: int = 16 * MiB,
-                 cpu_seconds: int = 1800, max_strikes_per_target: int = 2,
+    def __init__(self, submission: str | os.PathLike, *, timeout: float = LIMITS.timeout_s,
+                 startup_timeout: float = LIMITS.startup_timeout_s,
+                 memory_bytes: int = int(LIMITS.memory_gib * GiB),
+                 max_reply_bytes: int = LIMITS.max_reply_mib * MiB, output_bytes: int = LIMITS.output_mib * MiB,
+                 cpu_seconds: int = LIMITS.cpu_seconds, max_strikes_per_target: int = LIMITS.max_strikes_per_target,
                  drop_privileges: bool | None = None):
         # as the user named it (for reports): resolving it would follow a link to the solutions
         self.submission = Path(submission)
@@ -81,6 +158,7 @@ class Worker:
         self.hung: dict[tuple[str, str], tuple[int, int]] = {}
 
         self.restarts = 0
+        self.adapters = Adapters(self)  # worker.adapters.module_forward(cls=..., ...)
         self.clean: Worker | None = None  # see call_clean
         self._next_id = 0
         # as root the worker drops to a pool uid; False keeps it as the grader's user
@@ -413,10 +491,13 @@ class Worker:
         raise SubmissionError(message + output, "crash")
 
     # -- calls ----------------------------------------------------------------------------
-    def call(self, target: str, *args, timeout: float | None = None, **kwargs):
+    def call(self, target: str, /, *args, timeout: float | None = None, **kwargs):
         """Run ``target`` in the worker and return its value (tensors and containers)."""
-        # an adapter names the student's class or function as its first string argument
-        names = [target] if not target.startswith("@") else [a for a in args if isinstance(a, str)][:1]
+        # an adapter names the student's class or function as its first string argument, or
+        # as its cls= / target= keyword
+        names = [target] if not target.startswith("@") else (
+            [a for a in args if isinstance(a, str)]
+            + [v for k, v in kwargs.items() if k in STUDENT_NAME_PARAMETERS and isinstance(v, str)])[:1]
         key = self.current_key = " ".join([target, *names])
         count, reason, last = self.strikes.get(key, (0, "", ""))
         if count >= self.max_strikes_per_target:
@@ -513,7 +594,7 @@ class Worker:
         return SubmissionError(f"{kind} {where}: {message}{trace}", "exception")
 
     # -- memory, capped from outside ------------------------------------------------------
-    def call_with_memory_budget(self, warm_up: str, target: str, *args, budget_bytes: int,
+    def call_with_memory_budget(self, warm_up: str, target: str, /, *args, budget_bytes: int,
                                 timeout: float | None = None, **kwargs):
         """``target`` in a fresh worker whose address space the grader caps from outside.
 
@@ -539,7 +620,7 @@ class Worker:
         finally:
             self._stop()
 
-    def call_clean(self, target: str, *args, timeout: float | None = None, **kwargs):
+    def call_clean(self, target: str, /, *args, timeout: float | None = None, **kwargs):
         """``target`` in a second worker that never imports the submission (for adapters that
         must not share a process with code the submission ran): started on first use, with
         the same limits and isolation, and closed with this one."""

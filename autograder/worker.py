@@ -1,15 +1,18 @@
 """The worker: the only process that imports and runs a submission's code.
 
-Started by ``autograder.sandbox.Worker`` as
+Started by ``autograder.sandbox.Worker`` (the grader's side of this process boundary) as
 ``python -I worker.py REQ_FD RESP_FD SUBMISSION [PACKAGE_DIR ...]`` from a fresh temporary
-directory that holds a copy of this file and ``adapters.py``, so neither the grader's files
-nor the reference solutions are on its import path (PACKAGE_DIRs: where torch lives).
+directory that holds a copy of this file and of the ``adapters`` package, so neither the
+grader's files nor the reference solutions are on its import path (PACKAGE_DIRs: where
+torch lives).
 
 Protocol: each frame is an 8-byte big-endian length and a ``torch.save`` payload.
 Requests are ``{"id", "target", "args", "kwargs", "max_bytes", "timeout", "hung"}`` (the
 reply size limit, the grader's timeout, functions that hung twice before). ``target`` is
-``"module.name"`` (a function of the submission) or ``"@adapter"`` (trusted code in
-``adapters.py`` that builds a student's module, runs it and returns tensors). Before
+``"module.name"`` (a function of the submission) or ``"@adapter"`` / ``"@exercise.adapter"``
+(trusted code of the ``adapters`` package, its ``__init__`` or one exercise's module, that
+builds a student's module, runs it and returns tensors; the grader writes these as
+``worker.adapters.adapter(...)``). Before
 importing a module or calling a target the worker sends an event frame, so the grader can
 say where a hang or a crash happened. Replies are ``{"id", "ok": True, "value"}`` or
 ``{"id", "ok": False, "error"}``, with ``"threads"``: Python threads the call left running.

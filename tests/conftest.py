@@ -18,6 +18,15 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 # its module- and session-scoped fixtures (a release, every mutant graded) are built once;
 # these modules share nothing between their tests, so their tests spread over the workers.
 SPREAD_MODULES = {"test_lectures", "test_lecture_editions"}
+# these share the session's student release (building one records the reference: minutes)
+RELEASE_MODULES = {"test_grading_paths", "test_instructor", "test_public_release", "test_site"}
+
+# each xdist worker's graders lease uids from their own part of the pool: a test that looks for
+# processes a hostile submission's uid left behind must not see another worker's grader
+if os.environ.get("PYTEST_XDIST_WORKER", "").startswith("gw"):
+    _index, _count = int(os.environ["PYTEST_XDIST_WORKER"][2:]), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    _size = 64 // max(_count, 1)
+    os.environ["COURSE_UID_POOL"] = f"{61000 + _index * _size}-{61000 + (_index + 1) * _size - 1}"
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
@@ -25,7 +34,7 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         module = item.module.__name__.rpartition(".")[2] if item.module else ""
         if module not in SPREAD_MODULES:
-            item.add_marker(pytest.mark.xdist_group(module))
+            item.add_marker(pytest.mark.xdist_group("release" if module in RELEASE_MODULES else module))
 
 
 def run_grader(submission, *args, timeout=600, course=ROOT, report=None, env=None):
@@ -34,7 +43,7 @@ def run_grader(submission, *args, timeout=600, course=ROOT, report=None, env=Non
     out = report or Path(tempfile.mkdtemp(prefix="course-report-")) / "report.json"  # never inside the repository
     proc = subprocess.run([sys.executable, "-m", "autograder", "grade", "--submission", str(submission),
                            "--json", str(out), *args], cwd=course, capture_output=True, text=True,
-                          timeout=timeout, env=dict(os.environ, **(env or {})))
+                          timeout=timeout, env={**os.environ, "LC_ALL": "C.UTF-8", **(env or {})})  # English messages, whatever the locale
     report = json.loads(out.read_text()) if out.exists() else None
     return proc, report
 
@@ -58,17 +67,19 @@ def strings(value):
 
 
 def materialize(tmp_path: Path, name: str, replacements: dict[str, list[tuple[str, str]]]) -> Path:
-    """A submission folder: solutions/ copied, with each (old, new) applied exactly once."""
+    """A submission folder: solutions/ copied, with each (old, new) applied to the code it
+    names, exactly once (tests/fixtures/mutants/_edits.py: by syntax, not by text)."""
+    from tests.fixtures.mutants._edits import EditError, apply_edits
+
     folder = tmp_path / name
     folder.mkdir()
     for path in (ROOT / "solutions").glob("*.py"):
         shutil.copy(path, folder / path.name)
     for filename, edits in replacements.items():
-        text = (folder / filename).read_text()
-        for old, new in edits:
-            count = text.count(old)
-            assert count == 1, f"mutant {name}: {old!r} occurs {count} times in {filename}"
-            text = text.replace(old, new)
+        try:
+            text = apply_edits((folder / filename).read_text(), edits)
+        except EditError as exc:
+            raise AssertionError(f"mutant {name}, {filename}: {exc}") from None
         (folder / filename).write_text(text)
     return folder
 

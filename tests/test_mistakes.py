@@ -23,7 +23,7 @@ def graded(request, tmp_path_factory):
     def grade(name):
         mutant = MUTANTS[name]
         folder = materialize(root, name, mutant["edits"])
-        exercise_args = [arg for ex in mutant.get("exercises", ["attention"]) for arg in ("--exercise", ex)]
+        exercise_args = [arg for ex in mutant["exercises"] for arg in ("--exercise", ex)]
         return name, run_grader(folder, *exercise_args)
 
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -62,14 +62,94 @@ def test_mutant_loses_points_and_is_named(name, graded, solutions_report):
         assert any(t["status"] == "passed" for t in by_name.values())
 
 
-def test_every_hidden_test_has_a_wrong_implementation_it_catches():
-    """Each test function of the hidden suites is listed in some mutant's `fails`: a test that
-    no known-wrong implementation fails could be one that cannot fail."""
-    import re
+def test_every_hidden_test_declares_rules_and_has_a_wrong_implementation_it_catches():
+    """Each test function of the hidden suites declares the API rules it enforces
+    (@pytest.mark.rules, read by autograder/adequacy.py) and is listed in some mutant's
+    `fails`: a test that no known-wrong implementation fails could be one that cannot fail.
+    (tests/test_adequacy.py checks the declared rules exist and that each rule's mutants fail
+    a test declaring it.)"""
+    from autograder import adequacy
 
+    covered = {(ex, prefix.split("[")[0]) for mutant in MUTANTS.values() for ex in mutant["exercises"]
+               for prefix in mutant["fails"]}
+    tests = [(ex, t) for ex in adequacy.exercises() for t in adequacy.suite_tests(ex)]
+    assert tests
+    assert not [f"{ex}:{t.name}" for ex, t in tests if not t.rules], "tests that declare no rule"
+    assert not [f"{ex}:{t.name}" for ex, t in tests if (ex, t.name) not in covered], "tests no mutant fails"
+
+
+def _references():
     from tests.conftest import ROOT
 
-    covered = {prefix.split("[")[0] for mutant in MUTANTS.values() for prefix in mutant["fails"]}
-    names = [name for path in (ROOT / "autograder" / "suites").glob("test_*.py")
-             for name in re.findall(r"^def test_(\w+)", path.read_text(), flags=re.M)]
-    assert names and not [n for n in names if n not in covered]
+    return {path.name: path.read_text() for path in (ROOT / "solutions").glob("*.py")}
+
+
+@pytest.mark.parametrize("name", MUTANTS)
+def test_mutant_survives_tidying_the_reference(name):
+    """A mutant names code, not text: with every comment (markers included) of the reference
+    removed, blank lines indented and blank lines added after block headers, each of its
+    edits still matches exactly once and gives the same code as on the reference itself."""
+    from tests.fixtures.mutants._edits import apply_edits, normalise, strip_formatting
+
+    references = _references()
+    for filename, edits in MUTANTS[name]["edits"].items():
+        reference = references[filename]
+        edited = apply_edits(reference, edits)
+        assert normalise(edited) != normalise(reference), f"{name}: the edits of {filename} change nothing"
+        assert normalise(apply_edits(strip_formatting(reference), edits)) == normalise(edited)
+
+
+def test_edits_match_code_not_text():
+    """The edit rules themselves: a statement, a header and an expression are found by their
+    code whatever the formatting; a comment or a marker is not code; ambiguity is an error."""
+    from tests.fixtures.mutants._edits import EditError, apply_edit
+
+    source = ("def f(x):\n    ### BEGIN SOLUTION\n    if x > 0:  # positive\n        y = (x *\n             2)\n"
+              "    else:\n        y = x\n    return y + abs(x)\n    ### END SOLUTION\n")
+    assert "y = x * 3" in apply_edit(source, "y = x * 2", "y = x * 3")  # a statement across lines
+    assert "if x >= 0:  \n" not in apply_edit(source, "if x > 0:", "if x >= 0:")
+    assert "    if x >= 0:\n" in apply_edit(source, "if (x > 0):", "if x >= 0:")  # a header, re-formatted
+    assert "return y + x" in apply_edit(source, "abs(x)", "x")  # an expression
+    assert "### END SOLUTION" in apply_edit(source, "return y + abs(x)", "return y")  # the rest kept
+    chain = "if x > 1:\n    y = 1\nelif x > 0:\n    y = 2\n"
+    assert "elif x >= 0:" in apply_edit(chain, "if x > 0:", "if x >= 0:")  # an elif stays an elif
+    for old in ("# positive", "### END SOLUTION", "y", "x"):  # comments; names that occur often
+        with pytest.raises(EditError):
+            apply_edit(source, old, "pass")
+
+
+def test_an_all_masked_row_is_not_diagnosed_as_overflow():
+    """Issue 16: a softmax that subtracts the max but leaves all -inf rows NaN was told "exp
+    overflows ... subtract the row maximum" (both mistakes give that row the same NaN). The
+    diagnosis is the one the numbers show: overflow only where exp really overflowed."""
+    import torch
+
+    from autograder.compare import Mismatch, check_tensor
+    from autograder.inputs import randn
+    from autograder.mistakes import attention as mistakes
+
+    def unguarded(x):  # the max subtracted, nothing guarded: all -inf rows give 0 / 0
+        e = torch.exp(x - x.amax(dim=-1, keepdim=True))
+        return e / e.sum(dim=-1, keepdim=True)
+
+    def without_max(x):
+        e = torch.exp(x)
+        return e / e.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
+
+    masked = randn(4, 6, seed=4, dtype=torch.float32)
+    masked[1] = float("-inf")
+    large = randn(4, 9, seed=3, dtype=torch.float32, scale=300.0)
+    for x, wrong, named, not_named in [(masked, unguarded, mistakes.NAN_ROWS, mistakes.SOFTMAX_NO_MAX),
+                                       (large, without_max, mistakes.SOFTMAX_NO_MAX, mistakes.NAN_ROWS)]:
+        with pytest.raises(Mismatch) as caught:
+            check_tensor(wrong(x), torch.softmax(x.double(), -1).nan_to_num(0.0), "softmax", dtype=torch.float32,
+                         n_terms=x.shape[-1], magnitude=x[x.isfinite()].abs().max().item(),
+                         mistakes=lambda: mistakes.softmax_mistakes(x, -1))
+        assert named in str(caught.value) and not_named not in str(caught.value)
+    q, k, v = (randn(1, 4, 6, seed=s, dtype=torch.float32) for s in (28, 29, 30))
+    mask = torch.ones(1, 4, 4, dtype=torch.bool)
+    mask[0, 2] = False
+    scores = (q @ k.transpose(-2, -1) / 6 ** 0.5).masked_fill(~mask, float("-inf"))
+    wrong = unguarded(scores) @ v
+    named = [text for text, value in mistakes.sdpa_mistakes(q, k, v, mask=mask)]
+    assert mistakes.SOFTMAX_NO_MAX not in named and mistakes.NAN_ROWS in named and torch.isnan(wrong).any()

@@ -8,8 +8,9 @@ import math
 import pytest
 import torch
 
-from autograder import mistakes, static
-from autograder.compare import check_tensor
+from autograder import static
+from autograder.mistakes import attention as mistakes
+from autograder.compare import check_parameters, check_tensor
 from autograder.inputs import randn, random_state_dict
 from solutions import attention as ref
 
@@ -29,6 +30,7 @@ SOFTMAX_CASES = {
 
 
 @pytest.mark.points(1)
+@pytest.mark.rules("softmax.dim")
 @pytest.mark.parametrize("case", SOFTMAX_CASES)
 def test_softmax_values(worker, case):
     """softmax matches the reference along the requested dim."""
@@ -40,6 +42,7 @@ def test_softmax_values(worker, case):
 
 
 @pytest.mark.points(1)
+@pytest.mark.rules("softmax.dim")
 def test_softmax_non_contiguous(worker):
     """softmax works on a transposed (non-contiguous) input."""
     x = randn(6, 4, seed=2, dtype=F32).t()  # (4, 6), strides (1, 4)
@@ -49,6 +52,7 @@ def test_softmax_non_contiguous(worker):
 
 
 @pytest.mark.points(2)
+@pytest.mark.rules("softmax.stable")
 def test_softmax_large_logits(worker):
     """softmax does not overflow on logits in the hundreds (subtract the max)."""
     x = randn(4, 9, seed=3, dtype=F32, scale=300.0)  # exp(300) is inf in float32
@@ -58,6 +62,7 @@ def test_softmax_large_logits(worker):
 
 
 @pytest.mark.points(2)
+@pytest.mark.rules("softmax.no-torch-softmax", "softmax.all-inf-rows")
 def test_softmax_all_masked_rows(worker):
     """a row that is entirely -inf gives zeros, not NaN; partly masked rows stay right."""
     x = randn(4, 6, seed=4, dtype=F32)
@@ -69,6 +74,7 @@ def test_softmax_all_masked_rows(worker):
 
 
 @pytest.mark.points(1)
+@pytest.mark.rules("dtype.kept")
 @pytest.mark.parametrize("dtype", [BF16, F16], ids=["bfloat16", "float16"])
 def test_softmax_half_precision(worker, dtype):
     """softmax keeps a half-precision dtype and stays accurate to it."""
@@ -79,6 +85,7 @@ def test_softmax_half_precision(worker, dtype):
 
 
 @pytest.mark.points(1)
+@pytest.mark.rules("softmax.no-torch-softmax")
 def test_softmax_is_written_by_hand(worker):
     """softmax does not call torch.softmax / F.softmax / Tensor.softmax (read from your source)."""
     # the source decides (the worker could hide a call from any runtime ban); the runtime
@@ -86,7 +93,8 @@ def test_softmax_is_written_by_hand(worker):
     static.assert_source_avoids(worker, "attention", "softmax", static.SOFTMAX,
                          "the exercise asks you to write softmax from exp and sum")
     x = randn(3, 5, seed=6, dtype=F32)
-    got = worker.call("@call_without_builtin_softmax", "attention.softmax", [x], {"dim": -1})
+    got = worker.adapters.attention.call_without_builtin_softmax(target="attention.softmax", args=[x],
+                                                                 kwargs={"dim": -1})
     check_tensor(got, ref.softmax(x.double(), dim=-1), "softmax(x)", dtype=F32, n_terms=5)
 
 
@@ -94,6 +102,7 @@ def test_softmax_is_written_by_hand(worker):
 # causal_mask
 # ---------------------------------------------------------------------------------------
 @pytest.mark.points(1)
+@pytest.mark.rules("causal_mask.bool", "causal_mask.default-n_k", "causal_mask.diagonal")
 @pytest.mark.parametrize("n", [1, 5, 8])
 def test_causal_mask_square(worker, n):
     """causal_mask(n) is True on and below the diagonal (reversed or strict masks fail)."""
@@ -103,6 +112,7 @@ def test_causal_mask_square(worker, n):
 
 
 @pytest.mark.points(1)
+@pytest.mark.rules("causal_mask.offset", "causal_mask.diagonal")
 @pytest.mark.parametrize("n_q,n_k", [(1, 6), (3, 7)])
 def test_causal_mask_with_cache_offset(worker, n_q, n_k):
     """causal_mask(n_q, n_k) with n_q < n_k places query i at position n_k - n_q + i."""
@@ -112,6 +122,7 @@ def test_causal_mask_with_cache_offset(worker, n_q, n_k):
 
 
 @pytest.mark.points(1)
+@pytest.mark.rules("causal_mask.more-queries-than-keys")
 def test_causal_mask_more_queries_than_keys(worker):
     """causal_mask(5, 3): queries 0 and 1 sit before the first key (all False), then the diagonal."""
     got = worker.call("attention.causal_mask", 5, 3)
@@ -146,6 +157,10 @@ SDPA_SHAPES = {
 
 
 @pytest.mark.points(1)
+@pytest.mark.rules("dtype.kept",
+                   "precision.float64-end-to-end",
+                   "sdpa.scale-default",
+                   "sdpa.softmax-over-keys")
 @pytest.mark.parametrize("case", SDPA_SHAPES)
 def test_sdpa_values(worker, case):
     """attention matches the reference (scale 1/sqrt(d_k), softmax over keys)."""
@@ -157,6 +172,7 @@ def test_sdpa_values(worker, case):
 
 
 @pytest.mark.points(1)
+@pytest.mark.rules("sdpa.softmax-over-keys")
 def test_sdpa_non_contiguous(worker):
     """attention works on transposed (non-contiguous) q, k and v."""
     q = randn(2, 6, 4, 8, seed=13, dtype=F32).transpose(1, 2)  # (2, 4, 6, 8), non-contiguous
@@ -166,6 +182,7 @@ def test_sdpa_non_contiguous(worker):
 
 
 @pytest.mark.points(1)
+@pytest.mark.rules("sdpa.scale-argument")
 def test_sdpa_explicit_scale(worker):
     """an explicit scale replaces 1/sqrt(d_k)."""
     q, k, v = (randn(2, 5, 8, seed=s, dtype=F64) for s in (16, 17, 18))
@@ -173,6 +190,7 @@ def test_sdpa_explicit_scale(worker):
 
 
 @pytest.mark.points(2)
+@pytest.mark.rules("sdpa.mask-true-attends")
 def test_sdpa_padding_mask(worker):
     """a boolean padding mask (b, 1, 1, n_k) broadcasts; True means 'may attend'."""
     q, k, v = (randn(2, 3, 5, 4, seed=s, dtype=F64) for s in (19, 20, 21))
@@ -181,6 +199,10 @@ def test_sdpa_padding_mask(worker):
 
 
 @pytest.mark.points(2)
+@pytest.mark.rules("causal_mask.offset",
+                   "causal_mask.diagonal",
+                   "sdpa.scale-default",
+                   "sdpa.softmax-over-keys")
 @pytest.mark.parametrize("n_q,n_k", [(6, 6), (3, 7)], ids=["square", "decode-offset"])
 def test_sdpa_causal(worker, n_q, n_k):
     """is_causal hides later keys from earlier queries (query i at position n_k - n_q + i)."""
@@ -191,6 +213,7 @@ def test_sdpa_causal(worker, n_q, n_k):
 
 
 @pytest.mark.points(1)
+@pytest.mark.rules("sdpa.causal-and-mask")
 def test_sdpa_causal_and_mask(worker):
     """is_causal and a mask combine by AND."""
     q, k, v = (randn(2, 1, 5, 4, seed=s, dtype=F64) for s in (25, 26, 27))
@@ -199,6 +222,7 @@ def test_sdpa_causal_and_mask(worker):
 
 
 @pytest.mark.points(2)
+@pytest.mark.rules("softmax.all-inf-rows", "sdpa.empty-rows-zero")
 def test_sdpa_fully_masked_rows(worker):
     """a query with no allowed key returns zeros, never NaN."""
     q, k, v = (randn(1, 4, 6, seed=s, dtype=F32) for s in (28, 29, 30))
@@ -208,6 +232,7 @@ def test_sdpa_fully_masked_rows(worker):
 
 
 @pytest.mark.points(1)
+@pytest.mark.rules("softmax.stable")
 def test_sdpa_large_scores(worker):
     """attention stays finite when scores are large (hundreds): a stable softmax is used."""
     q = randn(2, 4, 8, seed=31, dtype=F32, scale=30.0)
@@ -221,6 +246,7 @@ def test_sdpa_large_scores(worker):
 
 
 @pytest.mark.points(1)
+@pytest.mark.rules("dtype.kept")
 @pytest.mark.parametrize("dtype", [BF16, F16], ids=["bfloat16", "float16"])
 def test_sdpa_half_precision(worker, dtype):
     """attention keeps a half-precision dtype and stays accurate to it."""
@@ -229,12 +255,13 @@ def test_sdpa_half_precision(worker, dtype):
 
 
 @pytest.mark.points(2)
+@pytest.mark.rules("sdpa.gradients")
 def test_sdpa_gradients(worker):
     """gradients flow through attention to q, k and v (no detach, no in-place on leaves)."""
     q, k, v = (randn(2, 5, 4, seed=s, dtype=F64) for s in (37, 38, 39))
     grad_out = randn(2, 5, 4, seed=40, dtype=F64)
-    got = worker.call("@function_grads", "attention.scaled_dot_product_attention",
-                      [q, k, v], {"is_causal": True}, grad_out)
+    got = worker.adapters.function_grads(target="attention.scaled_dot_product_attention", args=[q, k, v],
+                                         kwargs={"is_causal": True}, grad_output=grad_out)
     q_, k_, v_ = (t.clone().requires_grad_(True) for t in (q, k, v))
     ref.scaled_dot_product_attention(q_, k_, v_, is_causal=True).backward(grad_out)
     for name, index, expected in [("dq", 0, q_.grad), ("dk", 1, k_.grad), ("dv", 2, v_.grad)]:
@@ -245,6 +272,7 @@ def test_sdpa_gradients(worker):
 # repeat_kv
 # ---------------------------------------------------------------------------------------
 @pytest.mark.points(1)
+@pytest.mark.rules("repeat_kv.mapping")
 @pytest.mark.parametrize("n_rep", [1, 2, 3])
 def test_repeat_kv(worker, n_rep):
     """repeat_kv repeats each key/value head in place: output head h is input head h // n_rep."""
@@ -274,8 +302,8 @@ def _mha_case(config, seed, dtype=F64):
 
 def _mha_check(worker, config, x, what, seed=50, n_terms=None, **kwargs):
     module, state = _mha_case(config, seed, x.dtype)
-    got = worker.call("@module_forward", "attention.MultiHeadAttention", config, state, [x], kwargs,
-                      dtype=x.dtype)
+    got = worker.adapters.module_forward(cls="attention.MultiHeadAttention", init_kwargs=config,
+                                         state_dict=state, args=[x], kwargs=kwargs, dtype=x.dtype)
     with torch.no_grad():
         expected = module.double()(x.double(), **{k: (v.double() if k == "context" else v)
                                                    for k, v in kwargs.items()})
@@ -285,18 +313,25 @@ def _mha_check(worker, config, x, what, seed=50, n_terms=None, **kwargs):
 
 
 @pytest.mark.points(1)
+@pytest.mark.rules("mha.n_kv_heads-default", "mha.projection-bias")
 @pytest.mark.parametrize("config", MHA_CONFIGS)
 def test_mha_parameters(worker, config):
     """MultiHeadAttention has q_proj, k_proj, v_proj, o_proj with the API's shapes."""
     cfg = MHA_CONFIGS[config]
-    got = worker.call("@module_parameters", "attention.MultiHeadAttention", cfg)
+    got = worker.adapters.module_parameters(cls="attention.MultiHeadAttention", init_kwargs=cfg)
     expected = {name: tuple(p.shape) for name, p in ref.MultiHeadAttention(**cfg).named_parameters()}
-    params = {name: tuple(info["shape"]) for name, info in got["parameters"].items()}
-    assert params == expected, (
-        f"MultiHeadAttention({cfg}) parameters: expected {expected}, got {params}")
+    check_parameters(got, expected, f"MultiHeadAttention({cfg})")
 
 
 @pytest.mark.points(2)
+@pytest.mark.rules("sdpa.scale-default",
+                   "sdpa.softmax-over-keys",
+                   "repeat_kv.mapping",
+                   "mha.projection-bias",
+                   "mha.head-split",
+                   "mha.head-merge",
+                   "mha.output-projection",
+                   "mha.no-rope-without-theta")
 @pytest.mark.parametrize("config", MHA_CONFIGS)
 def test_mha_forward(worker, config):
     """self-attention output matches the reference with the same weights (MHA, GQA, MQA)."""
@@ -306,6 +341,7 @@ def test_mha_forward(worker, config):
 
 
 @pytest.mark.points(2)
+@pytest.mark.rules("causal_mask.diagonal", "repeat_kv.mapping", "mha.head-split", "mha.head-merge")
 def test_mha_causal(worker):
     """causal self-attention with grouped-query heads matches the reference."""
     cfg = MHA_CONFIGS["gqa-6-2-bias"]
@@ -314,6 +350,7 @@ def test_mha_causal(worker):
 
 
 @pytest.mark.points(1)
+@pytest.mark.rules("sdpa.mask-true-attends")
 def test_mha_padding_mask(worker):
     """a padding mask (b, 1, 1, n) reaches every head."""
     cfg = MHA_CONFIGS["mha-6-heads"]
@@ -323,6 +360,7 @@ def test_mha_padding_mask(worker):
 
 
 @pytest.mark.points(2)
+@pytest.mark.rules("mha.head-split", "mha.head-merge", "mha.cross-attention")
 @pytest.mark.parametrize("config", ["mha-6-heads", "gqa-6-2-bias"])
 def test_mha_cross_attention(worker, config):
     """cross-attention: queries from x, keys and values from a context of another length."""
@@ -333,6 +371,7 @@ def test_mha_cross_attention(worker, config):
 
 
 @pytest.mark.points(1)
+@pytest.mark.rules("dtype.kept")
 def test_mha_float32(worker):
     """MultiHeadAttention runs in float32 and matches to float32 precision."""
     cfg = MHA_CONFIGS["gqa-6-2-bias"]
@@ -341,14 +380,16 @@ def test_mha_float32(worker):
 
 
 @pytest.mark.points(2)
+@pytest.mark.rules("sdpa.gradients", "mha.output-projection")
 def test_mha_gradients(worker):
     """gradients w.r.t. the input and every weight match the reference."""
     cfg = MHA_CONFIGS["gqa-6-2-bias"]
     module, state = _mha_case(cfg, seed=57)
     x = randn(2, 4, cfg["d_model"], seed=58, dtype=F64)
     grad_out = randn(2, 4, cfg["d_model"], seed=59, dtype=F64)
-    got = worker.call("@module_forward", "attention.MultiHeadAttention", cfg, state, [x],
-                      {"is_causal": True}, dtype=F64, grad_output=grad_out)
+    got = worker.adapters.module_forward(cls="attention.MultiHeadAttention", init_kwargs=cfg, state_dict=state,
+                                         args=[x], kwargs={"is_causal": True}, dtype=F64,
+                                         grad_output=grad_out)
     x_ = x.clone().requires_grad_(True)
     module(x_, is_causal=True).backward(grad_out)
     check_tensor(got["input_grads"][0], x_.grad, "d(output)/d(x)", n_terms=cfg["d_model"])

@@ -5,8 +5,10 @@ import dataclasses
 import pytest
 import torch
 
-from autograder import mistakes
-from autograder.compare import angle_tolerance, check_tensor, largest_angle, rope_input_size, tolerance
+from autograder.mistakes import decoder_block as mistakes
+from autograder.mistakes.rope import ROPE_POSITIONS_IGNORED
+from autograder.compare import (angle_tolerance, check_parameters, check_tensor, largest_angle, rope_input_size,
+                                tolerance)
 from autograder.inputs import randn, random_state_dict
 from solutions.decoder_block import BlockConfig, DecoderBlock
 
@@ -44,10 +46,11 @@ def block_tolerance(config, block, x, dtype, positions=None, n_terms=40, magnitu
 
 def run(worker, config, state, x, **call):
     """The student's block built from BlockConfig(**config) inside the worker."""
-    return worker.call("@block_forward", config, state, x, dtype=x.dtype, **call)
+    return worker.adapters.decoder_block.forward(config=config, state_dict=state, x=x, dtype=x.dtype, **call)
 
 
 @pytest.mark.points(1)
+@pytest.mark.rules("config.norm_eps")
 @pytest.mark.parametrize("name", ["gpt2-preln", "llama-gqa-rope"])
 def test_block_uses_norm_eps(worker, name):
     """the norms use BlockConfig.norm_eps (0.5 here; inputs of small variance, so eps matters)."""
@@ -65,18 +68,22 @@ def test_block_uses_norm_eps(worker, name):
 
 
 @pytest.mark.points(1)
+@pytest.mark.rules("config.d_ff-default", "config.norm", "config.ffn", "config.bias")
 @pytest.mark.parametrize("name", CONFIGS)
 def test_block_parameters(worker, name):
     """DecoderBlock has norm1, attn, norm2, ffn with the API's names and shapes (d_ff None -> 4 d)."""
-    got = worker.call("@block_parameters", CONFIGS[name])
+    got = worker.adapters.decoder_block.parameters(config=CONFIGS[name])
     expected = {n: tuple(p.shape) for n, p in DecoderBlock(BlockConfig(**CONFIGS[name])).named_parameters()}
-    params = {n: tuple(info["shape"]) for n, info in got["parameters"].items()}
-    assert params == expected, (f"DecoderBlock({name}) parameters differ: missing "
-                                f"{sorted(set(expected) - set(params))}, unexpected {sorted(set(params) - set(expected))}, "
-                                f"shapes {[(n, params[n], expected[n]) for n in params if n in expected and params[n] != expected[n]]}")
+    check_parameters(got, expected, f"DecoderBlock({name})")
 
 
 @pytest.mark.points(3)
+@pytest.mark.rules("config.rope_theta",
+                   "config.prenorm",
+                   "block.preln-attention-residual",
+                   "block.preln-ffn-residual",
+                   "block.postln",
+                   "block.causal")
 @pytest.mark.parametrize("name", CONFIGS)
 def test_block_forward(worker, name):
     """the block's output matches the reference (Pre-LN or Post-LN as configured)."""
@@ -90,6 +97,7 @@ def test_block_forward(worker, name):
 
 
 @pytest.mark.points(1)
+@pytest.mark.rules("block.dtype-kept")
 def test_block_float32(worker):
     """the block runs in float32 and matches to float32 precision."""
     block, state = reference(CONFIGS["llama-gqa-rope"], seed=3)
@@ -102,6 +110,7 @@ def test_block_float32(worker):
 
 
 @pytest.mark.points(2)
+@pytest.mark.rules("block.causal")
 @pytest.mark.parametrize("name", ["gpt2-preln", "llama-gqa-rope"])
 def test_block_is_causal(worker, name):
     """changing a later token never changes an earlier output."""
@@ -119,6 +128,7 @@ def test_block_is_causal(worker, name):
 
 
 @pytest.mark.points(2)
+@pytest.mark.rules("config.prenorm")
 @pytest.mark.parametrize("name", ["gpt2-preln", "postln"])
 def test_block_gradients(worker, name):
     """gradients w.r.t. the input and every weight match the reference."""
@@ -134,6 +144,7 @@ def test_block_gradients(worker, name):
 
 
 @pytest.mark.points(1)
+@pytest.mark.rules("block.positions")
 def test_block_positions_reach_rope(worker):
     """positions passed to the block reach the attention's RoPE."""
     config = CONFIGS["llama-gqa-rope"]
@@ -146,4 +157,4 @@ def test_block_positions_reach_rope(worker):
         ignored = block(x)
     check_tensor(got["out"], expected, "DecoderBlock(llama)(x, positions=[3, 4, 9, 10, 20])",
                  tol=block_tolerance(config, block, x, F64, positions),
-                 mistakes=lambda: [(mistakes.ROPE_POSITIONS_IGNORED, ignored)])
+                 mistakes=lambda: [(ROPE_POSITIONS_IGNORED, ignored)])

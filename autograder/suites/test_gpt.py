@@ -5,9 +5,10 @@ import copy
 import pytest
 import torch
 
-from autograder import mistakes
-from autograder.compare import angle_tolerance, check_tensor, largest_angle, rope_input_size, tolerance
-from autograder.inputs import random_state_dict
+from autograder.mistakes import gpt as mistakes
+from autograder.compare import (angle_tolerance, check_parameters, check_tensor, largest_angle, rope_input_size,
+                                tolerance)
+from autograder.inputs import randint, random_state_dict
 from solutions.decoder_block import BlockConfig
 from solutions.gpt import GPT, GPTConfig
 
@@ -45,20 +46,18 @@ def gpt_tolerance(model, idx, n_terms=40, magnitude=4.0):
 
 
 def tokens(name, seed, length=9, batch=2):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, CONFIGS[name]["vocab_size"], (batch, length), generator=g)
+    return randint(0, CONFIGS[name]["vocab_size"], batch, length, seed=seed)
 
 
 @pytest.mark.points(1)
+@pytest.mark.rules("gpt.pos_emb-only-when-learned", "gpt.lm_head-no-bias")
 @pytest.mark.parametrize("name", CONFIGS)
 def test_gpt_parameters(worker, name):
     """GPT has tok_emb, pos_emb (only with learned positions), blocks.i.*, norm_f, lm_head."""
-    got = worker.call("@gpt_parameters", CONFIGS[name])
+    got = worker.adapters.gpt.parameters(config=CONFIGS[name])
     model, _ = reference(name, seed=0)
     expected = {n: tuple(p.shape) for n, p in model.named_parameters(remove_duplicate=False)}
-    params = {n: tuple(info["shape"]) for n, info in got["parameters"].items()}
-    assert params == expected, (f"GPT({name}) parameters differ: missing {sorted(set(expected) - set(params))}, "
-                                f"unexpected {sorted(set(params) - set(expected))}")
+    check_parameters(got, expected, f"GPT({name})")
 
 
 def stepped(model, idx, targets):
@@ -71,9 +70,10 @@ def stepped(model, idx, targets):
 
 
 @pytest.mark.points(1)
+@pytest.mark.rules("gpt.config-kept")
 def test_gpt_keeps_its_config(worker):
     """GPT(config) keeps its config as self.config (generate and the KV cache read it from there)."""
-    got = worker.call("@gpt_config_fields", CONFIGS["llama-untied"])
+    got = worker.adapters.gpt.config_fields(config=CONFIGS["llama-untied"])
     expected = {"vocab_size": 53, "max_seq_len": 16, "n_layers": 2, "block.d_model": 24, "block.n_heads": 6,
                 "block.n_kv_heads": 2}
     assert got == expected, f"GPT(config).config: expected the fields {expected}, got {got}"
@@ -94,6 +94,7 @@ def retied(model, tie):
 
 
 @pytest.mark.points(1)
+@pytest.mark.rules("gpt.tied", "gpt.untied")
 @pytest.mark.parametrize("name", ["gpt2-tied", "llama-untied"])
 def test_gpt_weight_tying(worker, name):
     """with tie_weights, lm_head.weight IS tok_emb.weight (one tensor, so one optimizer step moves both
@@ -106,7 +107,8 @@ def test_gpt_weight_tying(worker, name):
         state = {**state, "lm_head.weight": state["tok_emb.weight"].clone()}
         model.load_state_dict(state)
     idx, targets = tokens(name, seed=13), tokens(name, seed=14)
-    got = worker.call("@gpt_train_step", CONFIGS[name], state, idx, targets, dtype=F64)
+    got = worker.adapters.gpt.train_step(config=CONFIGS[name], state_dict=state, idx=idx, targets=targets,
+                                         dtype=F64)
     wrong = (mistakes.UNTIED if tied else
              "tie_weights=False, yet lm_head.weight is tok_emb.weight: keep two tensors")
     check_tensor(got["logits_after"], after_one_step(model, idx, targets),
@@ -116,12 +118,13 @@ def test_gpt_weight_tying(worker, name):
 
 
 @pytest.mark.points(3)
+@pytest.mark.rules("gpt.learned-positions", "gpt.norm_f-always")
 @pytest.mark.parametrize("name", CONFIGS)
 def test_gpt_logits(worker, name):
     """logits match the reference with the same weights."""
     model, state = reference(name, seed=1)
     idx = tokens(name, seed=2)
-    got = worker.call("@gpt_forward", CONFIGS[name], state, idx, dtype=F64)
+    got = worker.adapters.gpt.forward(config=CONFIGS[name], state_dict=state, idx=idx, dtype=F64)
     with torch.no_grad():
         expected = model(idx)
     check_tensor(got["out"], expected, f"GPT({name})(idx (2, 9))", tol=gpt_tolerance(model, idx),
@@ -129,11 +132,12 @@ def test_gpt_logits(worker, name):
 
 
 @pytest.mark.points(1)
+@pytest.mark.rules("gpt.logits-shape")
 def test_gpt_single_token(worker):
     """a one-token sequence works (the first step of generation)."""
     model, state = reference("llama-untied", seed=3)
     idx = tokens("llama-untied", seed=4, length=1, batch=3)
-    got = worker.call("@gpt_forward", CONFIGS["llama-untied"], state, idx, dtype=F64)
+    got = worker.adapters.gpt.forward(config=CONFIGS["llama-untied"], state_dict=state, idx=idx, dtype=F64)
     with torch.no_grad():
         expected = model(idx)
     # one token at position 0: angle 0, cos 1 and sin 0 exactly, so the plain tolerance
@@ -141,6 +145,7 @@ def test_gpt_single_token(worker):
 
 
 @pytest.mark.points(2)
+@pytest.mark.rules("gpt.tied")
 @pytest.mark.parametrize("name", ["gpt2-tied", "llama-untied"])
 def test_gpt_gradients(worker, name):
     """gradients of every parameter match (a tied embedding gets both of its uses)."""
@@ -148,7 +153,8 @@ def test_gpt_gradients(worker, name):
     idx = tokens(name, seed=6)
     grad_out = torch.randn(2, 9, CONFIGS[name]["vocab_size"], dtype=F64,
                            generator=torch.Generator().manual_seed(7))
-    got = worker.call("@gpt_forward", CONFIGS[name], state, idx, dtype=F64, grad_output=grad_out)
+    got = worker.adapters.gpt.forward(config=CONFIGS[name], state_dict=state, idx=idx, dtype=F64,
+                                      grad_output=grad_out)
     model(idx).backward(grad_out)
     for n, p in model.named_parameters():
         hint = f" ({mistakes.UNTIED}?)" if n == "tok_emb.weight" and model.config.tie_weights else ""
@@ -156,6 +162,7 @@ def test_gpt_gradients(worker, name):
 
 
 @pytest.mark.points(2)
+@pytest.mark.rules("gpt.tied")
 @pytest.mark.parametrize("name", ["gpt2-tied", "llama-untied"])
 def test_gpt_after_an_optimizer_step(worker, name):
     """after one AdamW step the model still matches the reference (every weight registered and
@@ -163,7 +170,8 @@ def test_gpt_after_an_optimizer_step(worker, name):
     model, state = reference(name, seed=8)
     idx = tokens(name, seed=9)
     targets = tokens(name, seed=10)
-    got = worker.call("@gpt_train_step", CONFIGS[name], state, idx, targets, dtype=F64)
+    got = worker.adapters.gpt.train_step(config=CONFIGS[name], state_dict=state, idx=idx, targets=targets,
+                                         dtype=F64)
     reference_model = copy.deepcopy(model).train()
     optimizer = torch.optim.AdamW(reference_model.parameters(), lr=1e-2, weight_decay=0.1)
     loss = torch.nn.functional.cross_entropy(reference_model(idx).flatten(0, 1), targets.flatten())

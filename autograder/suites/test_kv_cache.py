@@ -9,21 +9,16 @@ import math
 import pytest
 import torch
 
-from autograder import mistakes, static
-from autograder.adapters import probe_next_token
+from autograder import static
+from autograder.adapters.kv_cache import probe_next_token
 from autograder.compare import angle_tolerance, check_tensor, largest_angle, rope_input_size, tolerance
-from autograder.inputs import randn, random_state_dict
+from autograder.inputs import randint, randn, random_state_dict
+from autograder.mistakes.kv_cache import KV_REPEATED, NO_OFFSET, PROMPT_RERUN, WRONG_AXIS
 from solutions import kv_cache as ref
 from solutions.decoder_block import BlockConfig
 from solutions.gpt import GPT, GPTConfig
 
 F64 = torch.float64
-PROMPT_RERUN = "the prompt is run again at every step: after the prefill, feed only the newest token"
-NO_OFFSET = ("positions were not offset by the cache length: a cached step at position p must use "
-             "position p (GPT: arange(cache.seq_len, cache.seq_len + s))")
-WRONG_AXIS = "new keys/values are appended along the wrong axis: the sequence axis is dim 2 of (b, n_kv, s, d)"
-KV_REPEATED = ("the cache holds n_heads key/value heads: store the n_kv_heads heads and repeat them "
-               "after reading from the cache (that is the memory GQA saves)")
 
 CONFIGS = {
     "gpt2": dict(vocab_size=61, max_seq_len=48, n_layers=2, block=dict(d_model=24, n_heads=6)),
@@ -59,14 +54,14 @@ def model_tolerance(model, run, max_position, n_terms=40, magnitude=4.0):
 
 
 def tokens(name, seed, length, batch=2):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, CONFIGS[name]["vocab_size"], (batch, length), generator=g)
+    return randint(0, CONFIGS[name]["vocab_size"], batch, length, seed=seed)
 
 
 # ---------------------------------------------------------------------------------------
 # kv_cache_bytes
 # ---------------------------------------------------------------------------------------
 @pytest.mark.points(2)
+@pytest.mark.rules("kv_cache_bytes.formula", "kv_cache_bytes.default-bytes")
 def test_kv_cache_bytes_worked_examples(worker):
     """kv_cache_bytes: 7B at 2048 tokens = 1 GiB; LLaMA-3-70B (8 KV heads) at 1M tokens ~ 328 GB."""
     cases = [((32, 32, 128, 2048), {}, 2 ** 30),
@@ -89,11 +84,12 @@ def kv(seed, s):
 
 
 @pytest.mark.points(2)
+@pytest.mark.rules("cache.update-returns-all", "cache.dtype-device")
 def test_cache_update_returns_everything_stored(worker):
     """update appends along the sequence axis and returns views over all stored positions."""
     (k1, v1), (k2, v2), (k3, v3) = kv(1, 3), kv(2, 1), kv(3, 2)
     ops = [("update", 0, k1, v1), ("update", 1, k1 * 2, v1 * 2), ("update", 0, k2, v2), ("update", 0, k3, v3)]
-    got = worker.call("@kv_cache_session", CACHE, ops)["results"]
+    got = worker.adapters.kv_cache.cache_session(init_kwargs=CACHE, ops=ops)["results"]
     for entry in got:
         assert "raised" not in entry, f"{entry['op']} raised {entry['raised']}: {entry['message']}"
     check_tensor(got[0]["k"], k1, "k_all after one update of 3 positions")
@@ -103,20 +99,22 @@ def test_cache_update_returns_everything_stored(worker):
     assert got[3]["layer_seq_len"] == 6, f"layer 0's seq_len after 3 + 1 + 2 positions: expected 6, got {got[3]['layer_seq_len']}"
     # two equal updates: appending on another axis would also "work", with a telling shape
     (k4, v4), (k5, v5) = kv(4, 2), kv(5, 2)
-    got = worker.call("@kv_cache_session", CACHE, [("update", 0, k4, v4), ("update", 0, k5, v5)])["results"]
+    got = worker.adapters.kv_cache.cache_session(init_kwargs=CACHE,
+                                                 ops=[("update", 0, k4, v4), ("update", 0, k5, v5)])["results"]
     assert "raised" not in got[1], f"update raised {got[1].get('raised')}: {got[1].get('message')}"
     check_tensor(got[1]["k"], torch.cat([k4, k5], dim=2), "k_all after two updates of 2 positions",
                  mistakes=lambda: [(WRONG_AXIS, torch.cat([k4, k5], dim=d)) for d in (0, 1, 3)])
 
 
 @pytest.mark.points(1)
+@pytest.mark.rules("cache.preallocated")
 def test_cache_is_preallocated(worker):
     """the buffers are allocated once: update never concatenates (read from your source) and returns
     views of the same storage."""
     static.assert_source_avoids(worker, "kv_cache", "LayerKVCache.update", static.CONCATENATION,
                          "preallocate the buffers once and write new positions in place")
     ops = [("update", 0, *kv(s, 1)) for s in range(6)]
-    got = worker.call("@kv_cache_session", CACHE, ops)
+    got = worker.adapters.kv_cache.cache_session(init_kwargs=CACHE, ops=ops)
     assert all("raised" not in e for e in got["results"]), got["results"][0].get("message")
     assert all(e["same_storage"] for e in got["results"]), (
         "update returned tensors on new storage: the cache was reallocated (preallocate once, write in place)")
@@ -124,10 +122,11 @@ def test_cache_is_preallocated(worker):
 
 
 @pytest.mark.points(1)
+@pytest.mark.rules("cache.seq_len-per-step")
 def test_cache_seq_len_grows_once_per_step(worker):
     """KVCache.seq_len counts positions, not layer updates: one step of every layer adds s_new."""
     ops = [("update", 0, *kv(1, 3)), ("update", 1, *kv(2, 3)), ("update", 0, *kv(3, 1)), ("update", 1, *kv(4, 1))]
-    got = worker.call("@kv_cache_session", CACHE, ops)["results"]
+    got = worker.adapters.kv_cache.cache_session(init_kwargs=CACHE, ops=ops)["results"]
     assert all("raised" not in e for e in got), got[0].get("message")
     assert got[1]["seq_len"] == 3 and got[3]["seq_len"] == 4, (
         f"seq_len after a 3-token step and a 1-token step of both layers: expected 3 then 4, got "
@@ -135,11 +134,12 @@ def test_cache_seq_len_grows_once_per_step(worker):
 
 
 @pytest.mark.points(1)
+@pytest.mark.rules("cache.seq_len-mid-step")
 def test_cache_seq_len_mid_step(worker):
     """between two layers' updates of one step, KVCache.seq_len is still the step's start (the minimum
     over layers), so code that reads it mid-step sees the right position."""
     ops = [("update", 0, *kv(1, 3)), ("update", 1, *kv(2, 3)), ("update", 0, *kv(3, 1)), ("update", 1, *kv(4, 1))]
-    got = worker.call("@kv_cache_session", CACHE, ops)["results"]
+    got = worker.adapters.kv_cache.cache_session(init_kwargs=CACHE, ops=ops)["results"]
     assert all("raised" not in e for e in got), got[0].get("message")
     lengths = [e["seq_len"] for e in got]
     assert lengths == [0, 3, 3, 4], (
@@ -148,12 +148,13 @@ def test_cache_seq_len_mid_step(worker):
 
 
 @pytest.mark.points(1)
+@pytest.mark.rules("cache.reset", "cache.crop")
 def test_cache_crop_and_reset(worker):
     """crop(n) keeps the first n positions (n >= seq_len changes nothing); reset() empties it."""
     (k1, v1), (k2, v2) = kv(5, 5), kv(6, 1)
     ops = [("update", 0, k1, v1), ("update", 1, k1, v1), ("crop", 7), ("crop", 3),
            ("update", 0, k2, v2), ("update", 1, k2, v2), ("reset",), ("update", 0, k2, v2), ("update", 1, k2, v2)]
-    got = worker.call("@kv_cache_session", CACHE, ops)["results"]
+    got = worker.adapters.kv_cache.cache_session(init_kwargs=CACHE, ops=ops)["results"]
     assert all("raised" not in e for e in got), [e.get("message") for e in got if "raised" in e]
     lengths = [e["seq_len"] for e in got]
     assert lengths == [0, 5, 5, 3, 3, 4, 0, 0, 1], f"seq_len after each step: expected [0, 5, 5, 3, 3, 4, 0, 0, 1], got {lengths}"
@@ -162,10 +163,11 @@ def test_cache_crop_and_reset(worker):
 
 
 @pytest.mark.points(1)
+@pytest.mark.rules("cache.overflow")
 def test_cache_overflow_raises(worker):
     """writing past max_seq_len raises ValueError."""
     ops = [("update", 0, *kv(7, 6)), ("update", 0, *kv(8, 3))]
-    got = worker.call("@kv_cache_session", CACHE, ops)["results"]
+    got = worker.adapters.kv_cache.cache_session(init_kwargs=CACHE, ops=ops)["results"]
     assert "raised" not in got[0], f"6 of 8 positions raised {got[0]['raised']}: {got[0]['message']}"
     assert got[1].get("raised") == "ValueError", (
         f"6 + 3 positions in a cache of 8 should raise ValueError; "
@@ -176,12 +178,18 @@ def test_cache_overflow_raises(worker):
 # the cache inside the model
 # ---------------------------------------------------------------------------------------
 @pytest.mark.points(3)
+@pytest.mark.rules("cache.update-returns-all",
+                   "cache.seq_len-per-step",
+                   "attention:mha.cache-attends-over-everything",
+                   "attention:mha.cache-holds-kv-heads",
+                   "gpt:gpt.positions-from-cache")
 @pytest.mark.parametrize("name", CONFIGS)
 def test_cached_steps_equal_a_full_forward(worker, name):
     """prefill + one-token cached steps give the logits of one full forward at those positions."""
     model, state = reference(name, seed=1)
     prompt, steps = tokens(name, 2, 5), [tokens(name, 3 + i, 1) for i in range(4)]
-    got = worker.call("@gpt_cached_logits", CONFIGS[name], state, prompt, steps, dtype=F64)
+    got = worker.adapters.kv_cache.cached_logits(config=CONFIGS[name], state_dict=state, prompt=prompt,
+                                                 steps=steps, dtype=F64)
     full = torch.cat([prompt, *steps], dim=1)
     with torch.no_grad():
         expected = model(full)
@@ -231,13 +239,15 @@ def _step_case(worker, name, seed):
     model, state = reference(name, seed=seed)
     layers = altered_cache(name, model, tokens(name, seed + 1, 5), seed=seed + 2)
     step = tokens(name, seed + 3, 1)
-    got = worker.call("@gpt_step_on_cache", CONFIGS[name], state, layers, step, dtype=F64)
+    got = worker.adapters.kv_cache.step_on_cache(config=CONFIGS[name], state_dict=state, cached=layers,
+                                                 step=step, dtype=F64)
     # the step sits at position 5: its q and k (and the cached keys) carry angles up to 5
     tol = model_tolerance(model, lambda: step_on(name, model, layers, step), 5)
     return got, step_on(name, model, layers, step), tol
 
 
 @pytest.mark.points(1)
+@pytest.mark.rules("attention:mha.cache-holds-kv-heads")
 def test_cache_holds_kv_heads(worker):
     """with GQA the model hands the cache n_kv_heads heads (repeat them after reading, not before caching)."""
     got, (_, expected), tol = _step_case(worker, "llama-gqa", seed=4)
@@ -250,6 +260,7 @@ def test_cache_holds_kv_heads(worker):
 
 
 @pytest.mark.points(2)
+@pytest.mark.rules("attention:mha.cache-attends-over-everything")
 @pytest.mark.parametrize("name", CONFIGS)
 def test_cached_step_reads_the_cache(worker, name):
     """a cached step adds exactly one position and its logits follow what the cache holds: the grader
@@ -265,6 +276,7 @@ def test_cached_step_reads_the_cache(worker, name):
 
 
 @pytest.mark.points(2)
+@pytest.mark.rules("generate.no-cache-full-input", "gpt:gpt.positions-from-cache")
 @pytest.mark.visibility("after_published")  # its message would print the reference's tokens
 @pytest.mark.parametrize("name", CONFIGS)
 @pytest.mark.parametrize("use_cache", [True, False], ids=["cache", "no-cache"])
@@ -272,7 +284,8 @@ def test_greedy_generation(worker, name, use_cache):
     """greedy generate gives the reference's tokens, with and without the cache."""
     model, state = reference(name, seed=7)
     idx = tokens(name, 8, 6)
-    got = worker.call("@gpt_generate", CONFIGS[name], state, idx, 12, dtype=F64, use_cache=use_cache)
+    got = worker.adapters.kv_cache.generate(config=CONFIGS[name], state_dict=state, idx=idx, max_new_tokens=12,
+                                            dtype=F64, use_cache=use_cache)
     expected = ref.generate(model, idx, 12, use_cache=False)
     check_tensor(got["tokens"], expected, f"generate(GPT({name}), prompt (2, 6), 12, use_cache={use_cache})")
 
@@ -281,7 +294,7 @@ PROBE = dict(vocab_size=53, max_seq_len=32, n_layers=2, block=dict(d_model=8, n_
 
 
 def probe_tokens(prompt, max_new_tokens, shift=0):
-    """What generate gets from the grader's probe model (autograder.adapters.ProbeLM) when
+    """What generate gets from the grader's probe model (autograder/adapters/kv_cache.py, ProbeLM) when
     every call follows the protocol (shift 0) or every call breaks it (shift 1)."""
     rows = []
     for row in prompt.tolist():
@@ -292,12 +305,14 @@ def probe_tokens(prompt, max_new_tokens, shift=0):
 
 
 @pytest.mark.points(2)
+@pytest.mark.rules("generate.prefill-once", "generate.no-cache-full-input")
 @pytest.mark.parametrize("use_cache", [True, False], ids=["cache", "no-cache"])
 def test_generation_feeds_one_token_per_step(worker, use_cache):
     """with the cache the prompt runs once and every later call gets exactly one token; without it every
     call gets the whole sequence (checked on a probe model whose tokens reveal how it was called)."""
     prompt = torch.randint(0, PROBE["vocab_size"], (2, 6), generator=torch.Generator().manual_seed(21))
-    got = worker.call("@generate_on_probe", PROBE, prompt, 5, use_cache=use_cache)
+    got = worker.adapters.kv_cache.generate_on_probe(config=PROBE, prompt=prompt, max_new_tokens=5,
+                                                     use_cache=use_cache)
     expected = probe_tokens(prompt, 5)
     ok = isinstance(got, torch.Tensor) and got.shape == expected.shape
     hint = f": {PROMPT_RERUN}" if use_cache and ok and torch.equal(got[:, 7:], probe_tokens(prompt, 5, 1)[:, 7:]) else ""
@@ -319,7 +334,7 @@ N = 20_000  # draws per check, as one batch of identical rows
 
 
 def draws(worker, seed=0, **kwargs):
-    out = worker.call("@sample", LOGITS.expand(N, -1).contiguous(), seed=seed, **kwargs)
+    out = worker.adapters.kv_cache.sample(logits=LOGITS.expand(N, -1).contiguous(), seed=seed, **kwargs)
     assert isinstance(out, torch.Tensor) and out.shape == (N,), (
         f"sample_next_token(logits ({N}, 7)) should return ({N},) token ids; got "
         f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}")
@@ -328,14 +343,16 @@ def draws(worker, seed=0, **kwargs):
 
 
 @pytest.mark.points(1)
+@pytest.mark.rules("sample.greedy")
 def test_sampling_greedy(worker):
     """temperature 0 is argmax, row by row."""
     logits = randn(5, 11, seed=11, dtype=torch.float32, scale=3.0)
-    got = worker.call("@sample", logits, temperature=0.0)
+    got = worker.adapters.kv_cache.sample(logits=logits, temperature=0.0)
     check_tensor(got, logits.argmax(-1), "sample_next_token(logits (5, 11), temperature=0)")
 
 
 @pytest.mark.points(2)
+@pytest.mark.rules("sample.top_k")
 def test_sampling_top_k_support(worker):
     """top_k=3 draws only (and all of) the 3 most likely tokens."""
     support = set(draws(worker, top_k=3).unique().tolist())
@@ -343,6 +360,7 @@ def test_sampling_top_k_support(worker):
 
 
 @pytest.mark.points(2)
+@pytest.mark.rules("sample.top_p")
 def test_sampling_top_p_support(worker):
     """top_p keeps the smallest set of most likely tokens whose probability reaches top_p."""
     probs = torch.softmax(LOGITS.double(), -1)  # sorted: 2 (0.499), 5 (0.303), 0 (0.111), ...
@@ -353,11 +371,12 @@ def test_sampling_top_p_support(worker):
 
 
 @pytest.mark.points(1)
+@pytest.mark.rules("sample.top_p")
 def test_sampling_top_p_boundary(worker):
     """a token whose preceding mass is exactly top_p is outside the nucleus (four equal logits, top_p=0.5:
     two tokens, each 0.25 exactly in float32)."""
     logits = torch.tensor([[1.0, 1.0, 1.0, 1.0, -1e9]]).expand(N, -1).contiguous()
-    out = worker.call("@sample", logits, seed=3, top_p=0.5)
+    out = worker.adapters.kv_cache.sample(logits=logits, seed=3, top_p=0.5)
     assert isinstance(out, torch.Tensor) and out.shape == (N,), f"expected ({N},) token ids, got {_short(out)}"
     support = set(out.unique().tolist())
     assert len(support) == 2 and support <= {0, 1, 2, 3}, (
@@ -366,6 +385,7 @@ def test_sampling_top_p_boundary(worker):
 
 
 @pytest.mark.points(2)
+@pytest.mark.rules("sample.temperature")
 @pytest.mark.parametrize("temperature", [0.5, 2.0])
 def test_sampling_temperature(worker, temperature):
     """frequencies follow softmax(logits / T): every token within 5 binomial sigmas of it."""
@@ -379,6 +399,7 @@ def test_sampling_temperature(worker, temperature):
 
 
 @pytest.mark.points(1)
+@pytest.mark.rules("sample.generator")
 def test_sampling_is_reproducible_with_a_generator(worker):
     """the same generator seed gives the same tokens; another seed other tokens."""
     a, b, c = (draws(worker, seed=s, top_k=5)[:200] for s in (3, 3, 4))

@@ -4,8 +4,9 @@ and some rows have a tiny variance, so eps and variance mistakes show."""
 import pytest
 import torch
 
-from autograder import mistakes, static
-from autograder.compare import check_tensor
+from autograder import static
+from autograder.mistakes import layers as mistakes
+from autograder.compare import check_parameters, check_tensor
 from autograder.inputs import randn, random_state_dict
 from solutions import layers as ref
 
@@ -33,7 +34,8 @@ def _module_check(worker, cls, init, x, what, seed, mistake_fn=None, n_terms=Non
     state = random_state_dict(module, seed=seed, std=0.5)
     module = module.double()
     module.load_state_dict(state)
-    got = worker.call("@module_forward", f"layers.{cls}", init, state, [x], dtype=x.dtype if x.dtype in (F64, F32) else None, **call)
+    got = worker.adapters.module_forward(cls=f"layers.{cls}", init_kwargs=init, state_dict=state, args=[x],
+                                         dtype=x.dtype if x.dtype in (F64, F32) else None, **call)
     with torch.no_grad():
         expected = module(x.double())
     check_tensor(got["out"], expected, what, dtype=x.dtype, n_terms=n_terms or x.shape[-1],
@@ -45,18 +47,19 @@ def _module_check(worker, cls, init, x, what, seed, mistake_fn=None, n_terms=Non
 # LayerNorm and RMSNorm
 # ---------------------------------------------------------------------------------------
 @pytest.mark.points(1)
+@pytest.mark.rules("rmsnorm.weight-only")
 @pytest.mark.parametrize("cls,init,expected", [
     ("LayerNorm", {"d": 12}, {"weight": (12,), "bias": (12,)}),
     ("RMSNorm", {"d": 12}, {"weight": (12,)}),
 ], ids=["LayerNorm", "RMSNorm"])
 def test_norm_parameters(worker, cls, init, expected):
     """LayerNorm has weight and bias of shape (d,); RMSNorm only a weight."""
-    got = worker.call("@module_parameters", f"layers.{cls}", init)
-    params = {name: tuple(info["shape"]) for name, info in got["parameters"].items()}
-    assert params == expected, f"{cls}(d=12) parameters: expected {expected}, got {params}"
+    got = worker.adapters.module_parameters(cls=f"layers.{cls}", init_kwargs=init)
+    check_parameters(got, expected, f"{cls}(d=12)")
 
 
 @pytest.mark.points(1)
+@pytest.mark.rules("layernorm.default-eps", "rmsnorm.default-eps")
 @pytest.mark.parametrize("cls,eps", [("LayerNorm", 1e-5), ("RMSNorm", 1e-6)], ids=["LayerNorm", "RMSNorm"])
 def test_norm_default_eps(worker, cls, eps):
     """built without eps, LayerNorm uses 1e-5 and RMSNorm 1e-6 (every other test passes eps)."""
@@ -67,6 +70,7 @@ def test_norm_default_eps(worker, cls, eps):
 
 
 @pytest.mark.points(2)
+@pytest.mark.rules("layernorm.biased-variance", "layernorm.eps-inside-root")
 @pytest.mark.parametrize("shape,dtype,eps", [((2, 5, 16), F64, 1e-5), ((6, 7), F32, 1e-5), ((3, 8), F64, 0.1)],
                          ids=["3d-f64", "2d-f32", "eps-0.1"])
 def test_layernorm_values(worker, shape, dtype, eps):
@@ -77,6 +81,7 @@ def test_layernorm_values(worker, shape, dtype, eps):
 
 
 @pytest.mark.points(1)
+@pytest.mark.rules("layernorm.no-F-layer_norm")
 def test_layernorm_is_written_by_hand(worker):
     """LayerNorm does not call F.layer_norm, torch.layer_norm or nn.LayerNorm (read from your source)."""
     static.assert_source_avoids(worker, "layers", "LayerNorm", static.LAYER_NORM,
@@ -87,6 +92,7 @@ def test_layernorm_is_written_by_hand(worker):
 
 
 @pytest.mark.points(2)
+@pytest.mark.rules("rmsnorm.formula", "rmsnorm.float64-stays")
 @pytest.mark.parametrize("shape,dtype,eps", [((2, 5, 16), F64, 1e-6), ((6, 7), F32, 1e-6), ((3, 8), F64, 0.5)],
                          ids=["3d-f64", "2d-f32", "eps-0.5"])
 def test_rmsnorm_values(worker, shape, dtype, eps):
@@ -97,6 +103,7 @@ def test_rmsnorm_values(worker, shape, dtype, eps):
 
 
 @pytest.mark.points(1)
+@pytest.mark.rules("layernorm.dtype-kept", "rmsnorm.cast-back")
 @pytest.mark.parametrize("cls", ["LayerNorm", "RMSNorm"])
 @pytest.mark.parametrize("dtype", [BF16, F16], ids=["bfloat16", "float16"])
 def test_norm_half_precision(worker, cls, dtype):
@@ -104,7 +111,8 @@ def test_norm_half_precision(worker, cls, dtype):
     module = getattr(ref, cls)(32).to(dtype)
     state = random_state_dict(module, seed=7, std=0.5)
     x = norm_input(4, 32, seed=8, dtype=dtype)
-    got = worker.call("@module_forward", f"layers.{cls}", {"d": 32}, state, [x], dtype=dtype)
+    got = worker.adapters.module_forward(cls=f"layers.{cls}", init_kwargs={"d": 32}, state_dict=state, args=[x],
+                                         dtype=dtype)
     module = module.double()
     module.load_state_dict({k: v.double() for k, v in state.items()})
     with torch.no_grad():
@@ -114,6 +122,7 @@ def test_norm_half_precision(worker, cls, dtype):
 
 
 @pytest.mark.points(1)
+@pytest.mark.rules("layernorm.gradients")
 @pytest.mark.parametrize("cls", ["LayerNorm", "RMSNorm"])
 def test_norm_gradients(worker, cls):
     """gradients w.r.t. the input, weight (and bias) match the reference."""
@@ -122,7 +131,8 @@ def test_norm_gradients(worker, cls):
     module.load_state_dict(state)
     x = norm_input(3, 8, seed=10)
     grad_out = randn(3, 8, seed=11, dtype=F64)
-    got = worker.call("@module_forward", f"layers.{cls}", {"d": 8}, state, [x], dtype=F64, grad_output=grad_out)
+    got = worker.adapters.module_forward(cls=f"layers.{cls}", init_kwargs={"d": 8}, state_dict=state, args=[x],
+                                         dtype=F64, grad_output=grad_out)
     x_ = x.clone().requires_grad_(True)
     module(x_).backward(grad_out)
     check_tensor(got["input_grads"][0], x_.grad, f"d{cls}(x)/dx", n_terms=8,
@@ -139,6 +149,7 @@ def test_norm_gradients(worker, cls):
 # activations
 # ---------------------------------------------------------------------------------------
 @pytest.mark.points(1)
+@pytest.mark.rules("gelu_tanh.formula", "feedforward.formula")
 @pytest.mark.parametrize("dtype", [F64, F32, BF16], ids=["float64", "float32", "bfloat16"])
 def test_gelu_tanh(worker, dtype):
     """gelu_tanh is GPT-2's tanh approximation of GELU (not the exact erf form)."""
@@ -149,6 +160,7 @@ def test_gelu_tanh(worker, dtype):
 
 
 @pytest.mark.points(1)
+@pytest.mark.rules("silu.formula")
 @pytest.mark.parametrize("dtype", [F64, F32, BF16], ids=["float64", "float32", "bfloat16"])
 def test_silu(worker, dtype):
     """silu(x) = x * sigmoid(x), finite for large |x|."""
@@ -163,6 +175,7 @@ ACTIVATION_BANS = {"gelu_tanh": ([r"gelu"], "write the tanh approximation from t
 
 
 @pytest.mark.points(1)
+@pytest.mark.rules("activations.elementary-ops")
 @pytest.mark.parametrize("name", ACTIVATION_BANS)
 def test_activation_is_written_by_hand(worker, name):
     """gelu_tanh and silu are built from elementary ops, not F.gelu / F.silu / nn.GELU / nn.SiLU (read from
@@ -177,19 +190,20 @@ def test_activation_is_written_by_hand(worker, name):
 # FeedForward and SwiGLU
 # ---------------------------------------------------------------------------------------
 @pytest.mark.points(1)
+@pytest.mark.rules("feedforward.bias", "swiglu.no-bias")
 @pytest.mark.parametrize("cls,init", [("FeedForward", {"d_model": 8, "d_ff": 20}),
                                       ("FeedForward", {"d_model": 8, "d_ff": 20, "bias": False}),
                                       ("SwiGLU", {"d_model": 8, "d_ff": 20})],
                          ids=["ffn-bias", "ffn-no-bias", "swiglu"])
 def test_ffn_parameters(worker, cls, init):
     """FeedForward has fc1, fc2 (bias as asked); SwiGLU gate_proj, up_proj, down_proj, no bias."""
-    got = worker.call("@module_parameters", f"layers.{cls}", init)
-    params = {name: tuple(info["shape"]) for name, info in got["parameters"].items()}
+    got = worker.adapters.module_parameters(cls=f"layers.{cls}", init_kwargs=init)
     expected = {name: tuple(p.shape) for name, p in getattr(ref, cls)(**init).named_parameters()}
-    assert params == expected, f"{cls}({init}) parameters: expected {expected}, got {params}"
+    check_parameters(got, expected, f"{cls}({init})")
 
 
 @pytest.mark.points(2)
+@pytest.mark.rules("gelu_tanh.formula", "feedforward.formula")
 @pytest.mark.parametrize("dtype", [F64, F32], ids=["float64", "float32"])
 def test_feedforward_values(worker, dtype):
     """FeedForward = fc2(gelu_tanh(fc1(x)))."""
@@ -199,6 +213,7 @@ def test_feedforward_values(worker, dtype):
 
 
 @pytest.mark.points(2)
+@pytest.mark.rules("silu.formula", "swiglu.formula")
 @pytest.mark.parametrize("dtype", [F64, F32], ids=["float64", "float32"])
 def test_swiglu_values(worker, dtype):
     """SwiGLU = down_proj(silu(gate_proj(x)) * up_proj(x))."""

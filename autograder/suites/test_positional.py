@@ -6,7 +6,7 @@ max_len * eps32 (grading notes), so the tolerance grows with the largest positio
 import pytest
 import torch
 
-from autograder import mistakes
+from autograder.mistakes import positional as mistakes
 from autograder.compare import angle_tolerance, check_tensor, tolerance
 from solutions.positional import alibi_bias, alibi_slopes  # closed forms, exact in float32
 
@@ -14,6 +14,10 @@ F32 = torch.float32
 
 
 @pytest.mark.points(1)
+@pytest.mark.rules("sinusoidal.sin-even-cos-odd",
+                   "sinusoidal.exponent",
+                   "sinusoidal.positions",
+                   "sinusoidal.shape")
 @pytest.mark.parametrize("max_len,d_model", [(1, 8), (12, 6), (50, 16), (2048, 64), (9, 7)])
 def test_sinusoidal_values(worker, max_len, d_model):
     """sinusoidal_encoding: even dims sin(pos / 10000^(2i/d)), odd dims cos(...)."""
@@ -25,6 +29,7 @@ def test_sinusoidal_values(worker, max_len, d_model):
 
 
 @pytest.mark.points(1)
+@pytest.mark.rules("sinusoidal.positions")
 def test_sinusoidal_relative_offset(worker):
     """PE(pos + k) is a fixed rotation of PE(pos): the same for every pos."""
     pe = worker.call("positional.sinusoidal_encoding", 40, 8)
@@ -39,6 +44,7 @@ def test_sinusoidal_relative_offset(worker):
 
 
 @pytest.mark.points(1)
+@pytest.mark.rules("alibi_slopes.power-of-two", "alibi_slopes.other-counts")
 @pytest.mark.parametrize("n_heads", [1, 8, 16, 6, 12, 3])
 def test_alibi_slopes(worker, n_heads):
     """alibi_slopes follows Press et al., including head counts that are not a power of two."""
@@ -48,6 +54,10 @@ def test_alibi_slopes(worker, n_heads):
 
 
 @pytest.mark.points(1)
+@pytest.mark.rules("alibi_slopes.other-counts",
+                   "alibi_bias.sign",
+                   "alibi_bias.offset",
+                   "alibi_bias.future-zero")
 @pytest.mark.parametrize("n_heads,n_q,n_k", [(4, 5, 5), (6, 3, 7), (12, 1, 9)],
                          ids=["square", "offset", "decode"])
 def test_alibi_bias(worker, n_heads, n_q, n_k):

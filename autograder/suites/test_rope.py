@@ -8,9 +8,9 @@ tests/test_mistakes.py proves each one loses points.
 import pytest
 import torch
 
-from autograder import mistakes
+from autograder.mistakes import rope as mistakes
 from autograder.compare import angle_tolerance, check_tensor, largest_angle, rope_input_size
-from autograder.inputs import randn, random_state_dict
+from autograder.inputs import randint, randn, random_state_dict
 from solutions import attention as ref_attention
 
 F64, F32, BF16, F16 = torch.float64, torch.float32, torch.bfloat16, torch.float16
@@ -18,8 +18,7 @@ F64, F32, BF16, F16 = torch.float64, torch.float32, torch.bfloat16, torch.float1
 
 def uneven_positions(*shape, seed, high=50):
     """Sorted, gappy positions: arange would hide off-by-one and ignored-position mistakes."""
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, high, shape, generator=g).sort(dim=-1).values
+    return randint(0, high, *shape, seed=seed).sort(dim=-1).values
 
 
 def _check_rope(worker, x, positions, what, theta=10000.0, interleaved=False, dtype=None):
@@ -35,6 +34,10 @@ def _check_rope(worker, x, positions, what, theta=10000.0, interleaved=False, dt
 # rope_cos_sin
 # ---------------------------------------------------------------------------------------
 @pytest.mark.points(1)
+@pytest.mark.rules("rope_cos_sin.float32",
+                   "rope_cos_sin.half-split",
+                   "rope.frequencies",
+                   "rope.angle-is-position-times-frequency")
 @pytest.mark.parametrize("head_dim", [4, 8, 64])
 def test_rope_cos_sin_values(worker, head_dim):
     """rope_cos_sin gives float32 cos/sin of p * theta^(-2i/d) in the half-split layout."""
@@ -50,6 +53,7 @@ def test_rope_cos_sin_values(worker, head_dim):
 
 
 @pytest.mark.points(1)
+@pytest.mark.rules("rope.theta")
 def test_rope_cos_sin_batched_positions_and_theta(worker):
     """positions of shape (b, s) give (b, s, d); theta is honoured (Llama 3 uses 500000)."""
     positions = uneven_positions(3, 5, seed=2, high=300)
@@ -75,6 +79,12 @@ ROPE_CASES = {
 
 
 @pytest.mark.points(2)
+@pytest.mark.rules("rope_cos_sin.half-split",
+                   "rope.frequencies",
+                   "rope.angle-is-position-times-frequency",
+                   "rope.half-split-default",
+                   "rope.interleaved",
+                   "rope.rotation-direction")
 @pytest.mark.parametrize("case", ROPE_CASES)
 def test_apply_rope_half_split(worker, case):
     """apply_rope (default layout) pairs dim i with i + d/2 and rotates by p * theta^(-2i/d)."""
@@ -85,6 +95,11 @@ def test_apply_rope_half_split(worker, case):
 
 
 @pytest.mark.points(2)
+@pytest.mark.rules("rope_cos_sin.half-split",
+                   "rope.frequencies",
+                   "rope.angle-is-position-times-frequency",
+                   "rope.half-split-default",
+                   "rope.interleaved")
 @pytest.mark.parametrize("case", ["heads-d8-f64", "heads-d64-f32"])
 def test_apply_rope_interleaved(worker, case):
     """interleaved=True pairs dims (2i, 2i+1), as in RoFormer and Meta's Llama."""
@@ -96,6 +111,7 @@ def test_apply_rope_interleaved(worker, case):
 
 
 @pytest.mark.points(1)
+@pytest.mark.rules("rope.broadcast-positions")
 @pytest.mark.parametrize("interleaved", [False, True], ids=["half-split", "interleaved"])
 def test_apply_rope_per_sequence_positions(worker, interleaved):
     """positions of shape (b, 1, s) give each sequence its own positions, for every head."""
@@ -106,6 +122,7 @@ def test_apply_rope_per_sequence_positions(worker, interleaved):
 
 
 @pytest.mark.points(1)
+@pytest.mark.rules("rope.rotation-direction")
 def test_apply_rope_large_positions(worker):
     """positions around 10^5 (long contexts) stay accurate with float32 angles."""
     x = randn(1, 2, 4, 32, seed=9, dtype=F32)
@@ -114,6 +131,7 @@ def test_apply_rope_large_positions(worker):
 
 
 @pytest.mark.points(1)
+@pytest.mark.rules("rope.theta")
 def test_apply_rope_theta(worker):
     """a non-default theta changes the frequencies theta^(-2i/d)."""
     x = randn(2, 6, 16, seed=10, dtype=F64)
@@ -122,6 +140,7 @@ def test_apply_rope_theta(worker):
 
 
 @pytest.mark.points(1)
+@pytest.mark.rules("rope.dtype-kept")
 @pytest.mark.parametrize("dtype", [BF16, F16], ids=["bfloat16", "float16"])
 def test_apply_rope_half_precision(worker, dtype):
     """a half-precision input comes back in its own dtype (angles still in float32)."""
@@ -131,6 +150,7 @@ def test_apply_rope_half_precision(worker, dtype):
 
 
 @pytest.mark.points(1)
+@pytest.mark.rules("rope.angles-float32")
 def test_apply_rope_half_precision_large_positions(worker):
     """bfloat16 x at positions in the thousands: the angles are still computed in float32
     (angles in bfloat16 lose whole radians there), the result comes back in bfloat16."""
@@ -145,15 +165,18 @@ def test_apply_rope_half_precision_large_positions(worker):
 
 
 @pytest.mark.points(1)
+@pytest.mark.rules("rope.odd-head-dim")
 def test_apply_rope_odd_head_dim_raises(worker):
     """an odd head_dim raises ValueError (there is no pair for the last dim)."""
-    raised = worker.call("@raised", "rope.apply_rope", [randn(2, 3, 7, seed=14, dtype=F32), torch.arange(3)])
+    raised = worker.adapters.raised(target="rope.apply_rope",
+                                    args=[randn(2, 3, 7, seed=14, dtype=F32), torch.arange(3)])
     assert raised != "NotImplementedError", "not implemented: apply_rope raised NotImplementedError"
     assert raised == "ValueError", (f"apply_rope(x with head_dim 7, ...) should raise ValueError; "
                                     f"{'it raised ' + raised if raised else 'it returned a value'}")
 
 
 @pytest.mark.points(1)
+@pytest.mark.rules("rope.angle-is-position-times-frequency")
 def test_rope_relative_property(worker):
     """<rope(q, m), rope(k, n)> depends only on m - n, in both layouts."""
     q, k = randn(1, 16, seed=15, dtype=F64), randn(1, 16, seed=16, dtype=F64)
@@ -174,6 +197,7 @@ def test_rope_relative_property(worker):
 
 
 @pytest.mark.points(1)
+@pytest.mark.rules("rope.is-a-rotation")
 def test_rope_preserves_norm(worker):
     """a rotation keeps each vector's length, at any position."""
     x = randn(3, 7, 32, seed=30, dtype=F64)
@@ -209,6 +233,11 @@ def _mha_tolerance(state, x, **kwargs):
 
 
 @pytest.mark.points(2)
+@pytest.mark.rules("rope.half-split-default",
+                   "rope.interleaved",
+                   "rope.rotation-direction",
+                   "mha.rope-rotates-q-and-k",
+                   "mha.rope-positions-per-sequence")
 @pytest.mark.parametrize("positions", ["default", "per-sequence"])
 def test_attention_applies_rope(worker, positions):
     """MultiHeadAttention(rope_theta=...) rotates q and k (default positions arange(n_q))."""
@@ -217,21 +246,23 @@ def test_attention_applies_rope(worker, positions):
     kwargs = {"is_causal": True}
     if positions == "per-sequence":
         kwargs["positions"] = uneven_positions(2, 6, seed=19)
-    got = worker.call("@module_forward", "attention.MultiHeadAttention", ROPE_MHA, state, [x], kwargs,
-                      dtype=F64)
+    got = worker.adapters.module_forward(cls="attention.MultiHeadAttention", init_kwargs=ROPE_MHA,
+                                         state_dict=state, args=[x], kwargs=kwargs, dtype=F64)
     check_tensor(got["out"], _mha_reference(state, x, **kwargs),
                  f"MultiHeadAttention({ROPE_MHA})(x, positions={positions})",
                  tol=_mha_tolerance(state, x, **kwargs))
 
 
 @pytest.mark.points(2)
+@pytest.mark.rules("mha.rope-rotates-q-and-k", "mha.rope-default-positions", "mha.rope-before-caching")
 def test_attention_rope_with_cache(worker):
     """with a cache, keys are stored after RoPE and new tokens continue at the cache length."""
     state = random_state_dict(ref_attention.MultiHeadAttention(**ROPE_MHA).double(), seed=20)
     prompt = randn(2, 5, 24, seed=21, dtype=F64)
     steps = [randn(2, 1, 24, seed=22 + i, dtype=F64) for i in range(3)]
-    got = worker.call("@attention_with_cache", "attention.MultiHeadAttention", ROPE_MHA, state,
-                      prompt, steps, dtype=F64)
+    got = worker.adapters.rope.attention_with_cache(cls="attention.MultiHeadAttention", init_kwargs=ROPE_MHA,
+                                                    state_dict=state, prompt=prompt, steps=steps,
+                                                    dtype=F64)
     full = torch.cat([prompt, *steps], dim=1)  # one causal pass over everything: the truth
     expected = _mha_reference(state, full, is_causal=True)
     # stored keys: the rotated k_proj of every token, for each of the n_kv_heads (not n_heads)
@@ -254,11 +285,13 @@ def test_attention_rope_with_cache(worker):
 
 
 @pytest.mark.points(1)
+@pytest.mark.rules("mha.cross-attention-no-rope")
 def test_attention_cross_attention_has_no_rope(worker):
     """cross-attention (context given) uses no RoPE, even in a module built with rope_theta."""
     state = random_state_dict(ref_attention.MultiHeadAttention(**ROPE_MHA).double(), seed=33)
     x, context = randn(2, 6, 24, seed=34, dtype=F64), randn(2, 6, 24, seed=35, dtype=F64)
-    got = worker.call("@module_forward", "attention.MultiHeadAttention", ROPE_MHA, state, [x],
-                      {"context": context}, dtype=F64)
+    got = worker.adapters.module_forward(cls="attention.MultiHeadAttention", init_kwargs=ROPE_MHA,
+                                         state_dict=state, args=[x], kwargs={"context": context},
+                                         dtype=F64)
     check_tensor(got["out"], _mha_reference(state, x, context=context),
                  f"MultiHeadAttention({ROPE_MHA})(x, context=context)")

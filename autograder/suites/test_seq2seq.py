@@ -7,16 +7,12 @@ positions, the decoder never sees later target tokens, cross-attention reads the
 import pytest
 import torch
 
-from autograder.compare import angle_tolerance, check_tensor, largest_angle
+from autograder.compare import angle_tolerance, check_parameters, check_tensor, largest_angle
 from autograder.inputs import randn, random_state_dict
+from autograder.mistakes.seq2seq import MASK_REVERSED, NO_EMBED_SCALE, NOT_CAUSAL, PADDING_FROM_ZERO, PRE_POST
 from solutions import seq2seq as ref
 
 F64 = torch.float64
-PRE_POST = {False: "this is a Pre-LN layer, but prenorm=False asks for Post-LN: x = norm(x + sublayer(x))",
-            True: "this is a Post-LN layer, but prenorm=True asks for Pre-LN: x = x + sublayer(norm(x))"}
-MASK_REVERSED = "the padding mask is reversed: True marks a real token, padding keys are never attended to"
-NO_EMBED_SCALE = "the embeddings are not multiplied by sqrt(d_model) before the positions are added"
-NOT_CAUSAL = "the decoder's self-attention is not causal: a target position sees later target tokens"
 
 
 def weights(module, seed):
@@ -39,17 +35,18 @@ def padding(b, n, lengths):
 
 
 @pytest.mark.points(1)
+@pytest.mark.rules("layer.attention-bias", "layer.submodules")
 @pytest.mark.parametrize("cls", ["EncoderLayer", "DecoderLayer"])
 def test_layer_parameters(worker, cls):
     """layers have the API's submodules (self_attn, norms, cross_attn, fc1, fc2) and shapes."""
-    got = worker.call("@module_parameters", f"seq2seq.{cls}", {"d_model": 24, "n_heads": 4, "d_ff": 40})
+    got = worker.adapters.module_parameters(cls=f"seq2seq.{cls}",
+                                            init_kwargs={"d_model": 24, "n_heads": 4, "d_ff": 40})
     expected = {n: tuple(p.shape) for n, p in getattr(ref, cls)(24, 4, 40).named_parameters()}
-    params = {n: tuple(info["shape"]) for n, info in got["parameters"].items()}
-    assert params == expected, (f"{cls} parameters differ: missing {sorted(set(expected) - set(params))}, "
-                                f"unexpected {sorted(set(params) - set(expected))}")
+    check_parameters(got, expected, cls)
 
 
 @pytest.mark.points(2)
+@pytest.mark.rules("layer.post-ln-default", "layer.relu", "layer.padding-mask")
 @pytest.mark.parametrize("prenorm", [False, True], ids=["post-ln", "pre-ln"])
 def test_encoder_layer(worker, prenorm):
     """EncoderLayer matches the reference with a padding mask (Post-LN by default)."""
@@ -57,7 +54,8 @@ def test_encoder_layer(worker, prenorm):
     x = randn(3, 7, 24, seed=2, dtype=F64)
     pad = padding(3, 7, [7, 4, 6])
     init = {"d_model": 24, "n_heads": 4, "d_ff": 40, "prenorm": prenorm}
-    got = worker.call("@module_forward", "seq2seq.EncoderLayer", init, state, [x], {"src_key_padding_mask": pad}, dtype=F64)
+    got = worker.adapters.module_forward(cls="seq2seq.EncoderLayer", init_kwargs=init, state_dict=state,
+                                         args=[x], kwargs={"src_key_padding_mask": pad}, dtype=F64)
     with torch.no_grad():
         expected = module(x, src_key_padding_mask=pad)
         swapped = getattr(ref, "EncoderLayer")(24, 4, 40, prenorm=not prenorm).double()
@@ -69,6 +67,7 @@ def test_encoder_layer(worker, prenorm):
 
 
 @pytest.mark.points(1)
+@pytest.mark.rules("layer.layernorm-eps")
 def test_encoder_layer_norm_eps(worker):
     """the layers' LayerNorms use eps = 1e-5: on inputs of tiny variance (x ~ 1e-3, Pre-LN, so norm1 sees
     x itself) eps decides the output."""
@@ -76,7 +75,8 @@ def test_encoder_layer_norm_eps(worker):
     x = randn(2, 5, 24, seed=32, dtype=F64, scale=1e-3)
     pad = padding(2, 5, [5, 5])
     init = {"d_model": 24, "n_heads": 4, "d_ff": 40, "prenorm": True}
-    got = worker.call("@module_forward", "seq2seq.EncoderLayer", init, state, [x], {"src_key_padding_mask": pad}, dtype=F64)
+    got = worker.adapters.module_forward(cls="seq2seq.EncoderLayer", init_kwargs=init, state_dict=state,
+                                         args=[x], kwargs={"src_key_padding_mask": pad}, dtype=F64)
     with torch.no_grad():
         expected = module(x, src_key_padding_mask=pad)
     # |x| / sqrt(var + eps) stays below 1/sqrt(1e-5 / 1e-6 + 1) ~ 0.3 amplification: no cancellation
@@ -84,6 +84,7 @@ def test_encoder_layer_norm_eps(worker):
 
 
 @pytest.mark.points(2)
+@pytest.mark.rules("decoder.causal", "decoder.cross-attention")
 @pytest.mark.parametrize("prenorm", [False, True], ids=["post-ln", "pre-ln"])
 def test_decoder_layer(worker, prenorm):
     """DecoderLayer: causal self-attention, cross-attention to memory, FFN, with padding masks."""
@@ -92,7 +93,8 @@ def test_decoder_layer(worker, prenorm):
     tgt_pad, mem_pad = padding(3, 5, [5, 3, 4]), padding(3, 7, [7, 4, 6])
     init = {"d_model": 24, "n_heads": 4, "d_ff": 40, "prenorm": prenorm}
     kwargs = {"tgt_key_padding_mask": tgt_pad, "memory_key_padding_mask": mem_pad}
-    got = worker.call("@module_forward", "seq2seq.DecoderLayer", init, state, [y, memory], kwargs, dtype=F64)
+    got = worker.adapters.module_forward(cls="seq2seq.DecoderLayer", init_kwargs=init, state_dict=state,
+                                         args=[y, memory], kwargs=kwargs, dtype=F64)
     with torch.no_grad():
         expected = module(y, memory, **kwargs)
         swapped = ref.DecoderLayer(24, 4, 40, prenorm=not prenorm).double()
@@ -132,24 +134,31 @@ def batch(seed):
 
 
 @pytest.mark.points(1)
+@pytest.mark.rules("model.final-norms", "model.out_proj-bias")
 @pytest.mark.parametrize("prenorm", [False, True], ids=["post-ln", "pre-ln"])
 def test_model_parameters(worker, prenorm):
     """Seq2SeqTransformer has src_emb, tgt_emb, encoder, decoder, out_proj (and enc_norm/dec_norm in Pre-LN)."""
-    got = worker.call("@module_parameters", "seq2seq.Seq2SeqTransformer", {**MODEL, "prenorm": prenorm})
+    got = worker.adapters.module_parameters(cls="seq2seq.Seq2SeqTransformer",
+                                            init_kwargs={**MODEL, "prenorm": prenorm})
     expected = {n: tuple(p.shape) for n, p in ref.Seq2SeqTransformer(**MODEL, prenorm=prenorm).named_parameters()}
-    params = {n: tuple(info["shape"]) for n, info in got["parameters"].items()}
-    assert params == expected, (f"Seq2SeqTransformer parameters differ: missing {sorted(set(expected) - set(params))}, "
-                                f"unexpected {sorted(set(params) - set(expected))}")
+    check_parameters(got, expected, "Seq2SeqTransformer")
 
 
 @pytest.mark.points(3)
+@pytest.mark.rules("layer.post-ln-default",
+                   "layer.relu",
+                   "layer.padding-mask",
+                   "model.embedding-scale",
+                   "model.sinusoidal",
+                   "model.final-norms")
 @pytest.mark.parametrize("prenorm", [False, True], ids=["post-ln", "pre-ln"])
 def test_model_logits(worker, prenorm):
     """forward(src, tgt) matches the reference (embedding scale, positions, masks from pad_id)."""
     module, state = model(prenorm, seed=6)
     src, tgt = batch(7)
-    got = worker.call("@module_forward", "seq2seq.Seq2SeqTransformer", {**MODEL, "prenorm": prenorm}, state,
-                      [src, tgt], dtype=F64)
+    got = worker.adapters.module_forward(cls="seq2seq.Seq2SeqTransformer",
+                                         init_kwargs={**MODEL, "prenorm": prenorm}, state_dict=state,
+                                         args=[src, tgt], dtype=F64)
     with torch.no_grad():
         expected = module(src, tgt)
         original = module.embed
@@ -161,18 +170,22 @@ def test_model_logits(worker, prenorm):
 
 
 @pytest.mark.points(2)
+@pytest.mark.rules("layer.padding-mask")
 def test_padding_never_influences_real_positions(worker):
     """appending padding to the source changes no logit (pad keys are never attended to)."""
     _, state = model(False, seed=8)
     src, tgt = batch(9)
     longer = torch.cat([src, torch.zeros(3, 4, dtype=torch.long)], dim=1)  # 4 more pad tokens
     init = {**MODEL, "prenorm": False}
-    a = worker.call("@module_forward", "seq2seq.Seq2SeqTransformer", init, state, [src, tgt], dtype=F64)["out"]
-    b = worker.call("@module_forward", "seq2seq.Seq2SeqTransformer", init, state, [longer, tgt], dtype=F64)["out"]
+    a = worker.adapters.module_forward(cls="seq2seq.Seq2SeqTransformer", init_kwargs=init, state_dict=state,
+                                       args=[src, tgt], dtype=F64)["out"]
+    b = worker.adapters.module_forward(cls="seq2seq.Seq2SeqTransformer", init_kwargs=init, state_dict=state,
+                                       args=[longer, tgt], dtype=F64)["out"]
     check_tensor(b, a, "logits with 4 extra source pad tokens vs without", tol=1e-10)
 
 
 @pytest.mark.points(2)
+@pytest.mark.rules("decoder.causal")
 def test_decoder_never_sees_future_targets(worker):
     """changing later target tokens changes no earlier logit."""
     _, state = model(False, seed=10)
@@ -180,21 +193,25 @@ def test_decoder_never_sees_future_targets(worker):
     changed = tgt.clone()
     changed[:, 4:] = (changed[:, 4:] + 3) % 18 + 1
     init = {**MODEL, "prenorm": False}
-    a = worker.call("@module_forward", "seq2seq.Seq2SeqTransformer", init, state, [src, tgt], dtype=F64)["out"]
-    b = worker.call("@module_forward", "seq2seq.Seq2SeqTransformer", init, state, [src, changed], dtype=F64)["out"]
+    a = worker.adapters.module_forward(cls="seq2seq.Seq2SeqTransformer", init_kwargs=init, state_dict=state,
+                                       args=[src, tgt], dtype=F64)["out"]
+    b = worker.adapters.module_forward(cls="seq2seq.Seq2SeqTransformer", init_kwargs=init, state_dict=state,
+                                       args=[src, changed], dtype=F64)["out"]
     assert isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape
     moved = (a[:, :4] - b[:, :4]).abs().max().item()
     assert moved < 1e-10, f"changing target tokens 4-5 moved the logits at positions 0-3 by {moved:.3g}: {NOT_CAUSAL}"
 
 
 @pytest.mark.points(1)
+@pytest.mark.rules("decoder.cross-attention")
 def test_cross_attention_reads_the_encoder(worker):
     """decode(tgt, memory, src) depends on memory: another memory gives the reference's other logits."""
     module, state = model(False, seed=12)
     src, tgt = batch(13)
     memory = randn(3, 8, 24, seed=14, dtype=F64)
-    got = worker.call("@module_method", "seq2seq.Seq2SeqTransformer", {**MODEL, "prenorm": False}, state,
-                      "decode", [tgt, memory, src], dtype=F64)
+    got = worker.adapters.module_method(cls="seq2seq.Seq2SeqTransformer",
+                                        init_kwargs={**MODEL, "prenorm": False}, state_dict=state,
+                                        method="decode", args=[tgt, memory, src], dtype=F64)
     with torch.no_grad():
         expected = module.decode(tgt, memory, src)
     # the memory is given: only the target embeddings carry the float32 table
@@ -202,24 +219,28 @@ def test_cross_attention_reads_the_encoder(worker):
 
 
 @pytest.mark.points(2)
+@pytest.mark.rules("greedy.eos-then-pad")
 def test_greedy_decode(worker):
     """greedy_decode: bos first, eos kept then pad, stops when every row is done, <= max_len."""
     module, state = model(False, seed=15)
     src, _ = batch(16)
     eos = int(module.greedy_decode(src, 1, 0, 3)[0, 1])  # a token the model does produce: a real eos test
-    got = worker.call("@module_method", "seq2seq.Seq2SeqTransformer", {**MODEL, "prenorm": False}, state,
-                      "greedy_decode", [src, 1, eos, 12], dtype=F64)
+    got = worker.adapters.module_method(cls="seq2seq.Seq2SeqTransformer",
+                                        init_kwargs={**MODEL, "prenorm": False}, state_dict=state,
+                                        method="greedy_decode", args=[src, 1, eos, 12], dtype=F64)
     expected = module.greedy_decode(src, 1, eos, 12)
     check_tensor(got, expected, f"greedy_decode(src, bos_id=1, eos_id={eos}, max_len=12)")
 
 
 @pytest.mark.points(1)
+@pytest.mark.rules("layer.dropout-training-only")
 def test_dropout_only_in_training(worker):
     """with dropout=0.3, eval mode gives the deterministic reference output."""
     module, state = model(False, seed=17)
     src, tgt = batch(18)
-    got = worker.call("@module_forward", "seq2seq.Seq2SeqTransformer", {**MODEL, "prenorm": False, "dropout": 0.3},
-                      state, [src, tgt], dtype=F64)
+    got = worker.adapters.module_forward(cls="seq2seq.Seq2SeqTransformer",
+                                         init_kwargs={**MODEL, "prenorm": False, "dropout": 0.3},
+                                         state_dict=state, args=[src, tgt], dtype=F64)
     with torch.no_grad():
         expected = module(src, tgt)
     check_tensor(got["out"], expected, "Seq2SeqTransformer(dropout=0.3) in eval mode",
@@ -247,6 +268,7 @@ def eos_bias_for_early_stop(module, src, eos, max_len):
 
 
 @pytest.mark.points(1)
+@pytest.mark.rules("greedy.stops-early")
 def test_greedy_decode_stops_when_every_row_finished(worker):
     """every row emits eos within a few steps: greedy_decode stops there (fewer than max_len
     columns), each row padded after its own eos."""
@@ -257,8 +279,10 @@ def test_greedy_decode_stops_when_every_row_finished(worker):
     state = {**state, "out_proj.bias": state["out_proj.bias"].clone()}
     state["out_proj.bias"][eos] += boost
     module.load_state_dict(state)
-    got = worker.call("@module_method", "seq2seq.Seq2SeqTransformer", {**MODEL, "prenorm": False}, state,
-                      "greedy_decode", [src, 1, eos, max_len], dtype=F64)
+    got = worker.adapters.module_method(cls="seq2seq.Seq2SeqTransformer",
+                                        init_kwargs={**MODEL, "prenorm": False}, state_dict=state,
+                                        method="greedy_decode", args=[src, 1, eos, max_len],
+                                        dtype=F64)
     with torch.no_grad():
         expected = module.greedy_decode(src, 1, eos, max_len)
     if isinstance(got, torch.Tensor) and got.dim() == 2 and got.shape[1] > expected.shape[1] \
@@ -270,6 +294,7 @@ def test_greedy_decode_stops_when_every_row_finished(worker):
 
 
 @pytest.mark.points(1)
+@pytest.mark.rules("model.masks-from-pad_id")
 def test_padding_follows_pad_id(worker):
     """pad_id=3: source tokens 3 are padding (never attended to), token 0 is an ordinary word."""
     extra = {"pad_id": 3}
@@ -277,13 +302,14 @@ def test_padding_follows_pad_id(worker):
     src, tgt = batch(22)  # rows 1 of src and 2 of tgt end in zeros: here real tokens
     src[0, 6:] = 3  # padding
     tgt[1, 5:] = 3
-    got = worker.call("@module_forward", "seq2seq.Seq2SeqTransformer", {**MODEL, "prenorm": False, **extra}, state,
-                      [src, tgt], dtype=F64)
+    got = worker.adapters.module_forward(cls="seq2seq.Seq2SeqTransformer",
+                                         init_kwargs={**MODEL, "prenorm": False, **extra},
+                                         state_dict=state, args=[src, tgt], dtype=F64)
     with torch.no_grad():
         expected = module(src, tgt)
         module.pad_id = 0
         literal_zero = module(src, tgt)
         module.pad_id = 3
     check_tensor(got["out"], expected, "Seq2SeqTransformer(pad_id=3)(src, tgt)", tol=model_tolerance(src, tgt),
-                 mistakes=lambda: [("the padding masks treat token 0 as padding: derive them from self.pad_id",
+                 mistakes=lambda: [(PADDING_FROM_ZERO,
                                     literal_zero)])
