@@ -19,7 +19,7 @@ from tests.conftest import materialize, results, run_grader
 A, L, K, G = "attention.py", "layers.py", "kv_cache.py", "gpt.py"
 FA, FT = "flash_attention.py", "flash_attention_triton.py"
 
-FLASH_LOOP = "    for i0 in range(0, n_q, block_q):\n        i1 = min(i0 + block_q, n_q)\n        q_i = q3[:, i0:i1] * scale"
+FLASH_LSE = 'lse = torch.full((q3.shape[0], n_q), float("-inf"), dtype=acc_dtype, device=q.device)'  # before the loop
 TRITON_HOST = "    _check_inputs(q, k, v)\n    b, h, n_q, d = q.shape\n    n_k = k.shape[2]\n"  # the forward's host code
 TRITON_BACKWARD = "        q, k, v, o, lse = ctx.saved_tensors\n"
 TRITON_FAILS = ["triton_kernel_output", "triton_forward_lse", "triton_backward"]  # the backward replays the forward
@@ -42,21 +42,21 @@ ATTACKS = {
     # memory: the old test reset VmHWM through /proc/self/clear_refs inside the worker
     "full_matrix_then_resets_the_peak": dict(
         exercise="flash_attention", fails=["memory_stays_linear"],
-        edits={FA: [(FLASH_LOOP,
-                     "    scores = q3 @ k3.transpose(1, 2)  # the whole n_q x n_k matrix\n"
-                     "    del scores\n"
-                     "    with open('/proc/self/clear_refs', 'w') as f:\n        f.write('5')  # forget the peak\n"
-                     + FLASH_LOOP)]}),
+        edits={FA: [(FLASH_LSE,
+                     FLASH_LSE + "\n"
+                     "scores = q3 @ k3.transpose(1, 2)  # the whole n_q x n_k matrix\n"
+                     "del scores\n"
+                     "with open('/proc/self/clear_refs', 'w') as f:\n    f.write('5')  # forget the peak")]}),
     # causal skipping: the old test counted FLOPs with FlopCounterMode, which a submission can pop
     "no_skipping_hidden_from_the_flop_counter": dict(
         exercise="flash_attention", fails=["causal_skips_future_blocks"],
         # visits every key block; the ones in the future are computed with elementwise products
         # (no matmul for a FLOP counter to see) and masked, and NaN is scrubbed from k and v
-        edits={FA: [("    end = n_k\n    if is_causal:\n        end = max(", "    end = n_k\n    if False:\n        end = max("),
-                    ("            s = q_i @ k3[:, j0:j1].transpose(1, 2)  # (B, bq, bk): one tile of scores",
-                     "            future = is_causal and j0 > n_k - n_q + i1 - 1\n"
-                     "            k_tile, v_tile = torch.nan_to_num(k3[:, j0:j1]), torch.nan_to_num(v3[:, j0:j1])\n"
-                     "            s = (q_i[:, :, None, :] * k_tile[:, None, :, :]).sum(-1) if future else q_i @ k_tile.transpose(1, 2)"),
+        edits={FA: [("if is_causal:", "if False:"),  # _key_blocks: every key block, future ones too
+                    ("s = q_i @ k3[:, j0:j1].transpose(1, 2)",
+                     "future = is_causal and j0 > n_k - n_q + i1 - 1\n"
+                     "k_tile, v_tile = torch.nan_to_num(k3[:, j0:j1]), torch.nan_to_num(v3[:, j0:j1])\n"
+                     "s = (q_i[:, :, None, :] * k_tile[:, None, :, :]).sum(-1) if future else q_i @ k_tile.transpose(1, 2)"),
                     ("acc = alpha[..., None] * acc + p @ v3[:, j0:j1]",
                      "acc = alpha[..., None] * acc + ((p[..., None] * v_tile[:, None]).sum(2) if future else p @ v_tile)")]}),
     # Triton: the old test counted launches and banned torch.matmul inside the worker
