@@ -5,6 +5,7 @@ instructor tools, the staff's commands say what they are, the install is light a
 index optional, and each skeleton says what it needs."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -80,22 +81,27 @@ def test_lab_runs_as_root_with_the_students_jupyter_config(student_release, monk
     assert os.environ["JUPYTER_CONFIG_DIR"] == str(student_release / ".jupyter")
 
 
+def _plain(proc) -> str:
+    """What a jupyter listing printed, without its colour codes (it colours when it likes)."""
+    return re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout + proc.stderr)
+
+
 @pytest.mark.slow
 def test_jupyterlab_in_the_release_has_no_instructor_tools(student_release):
     env = dict(os.environ, JUPYTER_CONFIG_DIR=str(student_release / ".jupyter"))  # as course.py lab sets it
     jupyter = [sys.executable, "-m", "jupyter"]
     server = subprocess.run([*jupyter, "server", "extension", "list"], env=env, capture_output=True, text=True,
                             timeout=120)
-    listing = server.stdout + server.stderr
+    listing = _plain(server)
     assert "nbgrader.server_extensions.formgrader disabled" in listing, listing
     assert "nbgrader.server_extensions.validate_assignment enabled" in listing, listing
     lab = subprocess.run([*jupyter, "labextension", "list"], env=env, capture_output=True, text=True, timeout=120)
-    listing = lab.stdout + lab.stderr
+    listing = _plain(lab)
     for plugin in ("@jupyter/nbgrader:formgrader", "@jupyter/nbgrader:create-assignment"):
         assert plugin in listing, listing  # listed as disabled
     # the staff's own JupyterLab keeps them
     staff = subprocess.run([*jupyter, "server", "extension", "list"], capture_output=True, text=True, timeout=120)
-    assert "nbgrader.server_extensions.formgrader enabled" in staff.stdout + staff.stderr
+    assert "nbgrader.server_extensions.formgrader enabled" in _plain(staff)
 
 
 # -- what the release says --------------------------------------------------------------------
