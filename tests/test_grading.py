@@ -113,7 +113,8 @@ def test_empty_submission_folder_is_graded_as_missing_files(tmp_path):
 def test_json_report_has_stable_keys(solutions_report):
     _, report = solutions_report
     assert set(report) == {"schema_version", "submission", "score", "max_score", "duration_s",
-                           "worker_restarts", "isolation", "intake", "exercises"}
+                           "worker_restarts", "isolation", "intake", "lang", "exercises"}
+    assert report["lang"] == "en"  # the language the messages were written in (grade --lang)
     test = report["exercises"][0]["tests"][0]
     assert set(test) == {"exercise", "name", "description", "max_points", "status", "points",
                          "message", "duration", "visibility"}
@@ -125,5 +126,6 @@ def test_bench_prints_its_ratios():
     assert proc.returncode == 0, proc.stderr
     for line in ("full hidden suite for", "goal <= 60 s", "cache speed-up", "reference / Hugging Face",
                  "same tokens: cache vs no cache True, reference vs Hugging Face True", "kv_cache_bytes",
-                 "n= 256: naive", "flash/naive time"):
+                 "forward: naive", "reference/SDPA", "naive/reference",
+                 "n naive reference SDPA naive/ref"):
         assert line in " ".join(proc.stdout.split()), line

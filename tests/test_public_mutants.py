@@ -19,9 +19,8 @@ import pytest
 from tests.conftest import ROOT, materialize
 
 # mutant -> why only the hidden suite catches it (measured: every other mutant of tests/fixtures
-# loses public points). Most are gaps of the two newest public suites, to close next.
+# loses public points). Most are gaps of the public mla suite, to close next.
 _MLA = "the public mla suite (exercises/checks/test_mla.py) has no check of "
-_TOK = "the public tokenizer suite (exercises/checks/test_tokenizer.py) has no check of "
 HIDDEN_ONLY: dict[str, str] = {
     "mla_absorb_expands_anyway": _MLA + "the memory of absorb=True (the hidden suite caps the worker's memory)",
     "mla_cache_reset_does_nothing": _MLA + "MLACache.reset",
@@ -34,9 +33,6 @@ HIDDEN_ONLY: dict[str, str] = {
     "mla_q_norm_missing": _MLA + "a config with a query LoRA (q_lora_rank), where q's norm is applied",
     "mla_returns_float64": _MLA + "a float32 input (dtype kept)",
     "mla_latent_detached": _MLA + "gradients",
-    "tok_encode_across_pretokens": _TOK + "encoding text whose merges would cross pre-token boundaries",
-    "tok_encode_most_frequent_pair_first": _TOK + "encoding where merge rank and pair frequency disagree",
-    "tok_pattern_without_contractions": _TOK + "text with English contractions (the pre-token pattern)",
     "s2s_greedy_no_padding_after_eos": ("the public greedy_decode model (random weights, seed 1714) emits the same "
                                         "token for every row, so no row finishes before another and padding after "
                                         "eos is never needed there"),
