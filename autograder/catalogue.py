@@ -1,7 +1,7 @@
 """Every message the grader shows a student, in English and in Korean, from one catalogue.
 
 The English stays where it is written (the known-mistake sentences in
-``autograder/mistakes/<exercise>.py``, the f-strings of compare.py, sandbox.py, worker.py,
+``autograder/mistakes/<exercise>.py``, the f-strings of compare.py, worker_parent.py, worker.py,
 runner.py and report.py); ``catalogue_ko.toml`` beside this file gives each one its Korean:
 
 - ``[mistakes.<module>.<CONSTANT>]``: a known-mistake sentence (``module`` is an exercise's

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from rich.console import Console
 
+from .isolation import LIMITS
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -186,8 +188,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="grade only this exercise (repeatable; default: all)")
     p.add_argument("--json", metavar="FILE", help="also write a JSON report")
     p.add_argument("--gradescope", metavar="FILE", help="also write Gradescope's results.json")
-    p.add_argument("--timeout", type=float, default=20.0, help="seconds per call (default 20)")
-    p.add_argument("--memory-gib", type=float, default=6.0, help="worker memory cap (default 6)")
+    p.add_argument("--timeout", type=float, default=LIMITS.timeout_s,
+                   help=f"seconds per call (default {LIMITS.timeout_s:g})")
+    p.add_argument("--memory-gib", type=float, default=LIMITS.memory_gib,
+                   help=f"worker memory cap (default {LIMITS.memory_gib:g})")
     p.add_argument("-v", "--verbose", action="store_true", help="show whole messages")
     p.add_argument("-k", dest="keyword", metavar="EXPRESSION",
                    help="run only the tests whose names match (pytest's -k), e.g. -k softmax")

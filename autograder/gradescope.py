@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .intake import read_submission
+from .isolation import LIMITS
 from .text import clean, clean_data, clean_name
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,7 +41,9 @@ apt-get update
 apt-get install -y python3 python3-pip python3-venv
 python3 -m venv /autograder/venv
 /autograder/venv/bin/pip install --upgrade pip
-/autograder/venv/bin/pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
+# the pin is the course's own (requirements.txt), read here rather than written twice
+/autograder/venv/bin/pip install "$(grep -E '^torch==' /autograder/source/course/requirements.txt | cut -d'#' -f1 | tr -d ' ')" \\
+    --index-url https://download.pytorch.org/whl/cpu
 /autograder/venv/bin/pip install -r /autograder/source/course/requirements.txt
 """
 
@@ -175,7 +178,7 @@ def _write_results(path: Path, results: dict) -> None:
     os.replace(part, path)
 
 
-def run(root: str | os.PathLike, timeout: float = 20.0) -> dict:
+def run(root: str | os.PathLike, timeout: float = LIMITS.timeout_s) -> dict:
     """Grade ROOT/submission as run_autograder does; write ROOT/results/results.json and
     return it. Whatever fails, a valid results file is written, and it says what was refused."""
     from .runner import grade
@@ -211,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m autograder.gradescope")
     parser.add_argument("command", choices=["run"])
     parser.add_argument("--root", default=os.environ.get("AUTOGRADER_ROOT", "/autograder"))
-    parser.add_argument("--timeout", type=float, default=20.0, help="seconds per call (default 20)")
+    parser.add_argument("--timeout", type=float, default=LIMITS.timeout_s,
+                        help=f"seconds per call (default {LIMITS.timeout_s:g})")
     args = parser.parse_args(argv)
     run(args.root, timeout=args.timeout)
     return 0

@@ -12,7 +12,7 @@ collect (this process, root)
     student did to the other cells or their metadata (duplicated or empty ``nbgrader``
     metadata, an unknown ``schema_version``); outputs are never read further.
 grade (a child grader process per student, killed at ``--student-timeout``)
-    the answer cells run in the exercise worker (``autograder.sandbox.Worker``: a pool uid
+    the answer cells run in the exercise worker (``autograder.worker_parent.Worker``: a pool uid
     as root, rlimits, its own network namespace, every process of the uid killed at the
     end) through ``quiz_runner.py``, which returns the values each question's test cell
     uses as plain data (``weights_only`` frames); functions stay in the worker and are
@@ -201,11 +201,12 @@ def _plain(value, depth=0) -> bool:
 
 def _proxy(worker, cells, name):
     """A stand-in for the student's function: each call runs in the worker with plain arguments."""
-    from .sandbox import SubmissionError
+    from .isolation import LIMITS
+    from .worker_parent import SubmissionError
 
     def call(*args, **kwargs):
         try:
-            value = worker.call("quiz_runner.call", cells, name, list(args), kwargs, timeout=20)
+            value = worker.call("quiz_runner.call", cells, name, list(args), kwargs, timeout=LIMITS.timeout_s)
         except SubmissionError as exc:
             raise StudentCodeError(f"{name}(...): {str(exc)[:500]}") from None
         if not _plain(value):
@@ -238,7 +239,7 @@ def run_test(question: Question, namespace: dict) -> tuple[bool, str]:
 def grade_answers(cells: list[tuple[str, str]], questions: list[Question], timeout: float = 60.0) -> dict:
     """Scores of one student's answers: ``{"results": {grade_id: {score, max_score, message}},
     "isolation": {...}}``. The answers run in the worker; the tests run here."""
-    from .sandbox import SubmissionError, Worker
+    from .worker_parent import SubmissionError, Worker
 
     names = list(dict.fromkeys(n for q in questions for n in q.names))
     folder = tempfile.mkdtemp(prefix="course-quiz-")  # the worker's "submission": the runner only

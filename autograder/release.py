@@ -18,7 +18,7 @@ from .skeleton import BEGIN, END
 
 ROOT = Path(__file__).resolve().parent.parent
 ENGINE = ["__init__.py", "__main__.py", "adapters", "exercises.py", "cli.py", "compare.py", "inputs.py", "report.py",
-          "runner.py", "sandbox.py", "isolation.py", "worker.py", "skeleton.py", "release.py", "classroom.py",
+          "runner.py", "worker_parent.py", "isolation.py", "worker_child.py", "skeleton.py", "release.py", "classroom.py",
           "intake.py", "text.py", "replies.py", "static.py", "public.py", "catalogue.py"]
 TEMPLATES = ROOT / "autograder" / "templates"
 DOCS = ["API.md", "GLOSSARY.md"]  # the contract and the glossary: lectures and skeletons point to them
@@ -37,7 +37,7 @@ def build(out: Path) -> list[str]:
         raise FileExistsError(f"{out} already exists: choose a new folder")
     out.mkdir(parents=True)
     (out / "README.md").write_text(student_readme())
-    shutil.copy(TEMPLATES / "requirements.txt", out / "requirements.txt")  # what students run, no more
+    (out / "requirements.txt").write_text(student_requirements())  # what students run, no more
     for name in ("course.py", "pytest.ini", ".gitignore"):
         if (ROOT / name).exists():
             shutil.copy(ROOT / name, out / name)
@@ -75,6 +75,32 @@ def build(out: Path) -> list[str]:
     if (TEMPLATES / "STUDENT_README.ko.md").exists():  # the same README in Korean
         (out / "README.ko.md").write_text(student_readme("STUDENT_README.ko.md"))
     return leak_check(out)
+
+
+def pins() -> dict[str, str]:
+    """Package -> its exact requirement (``torch==2.13.0``) in the course's requirements.txt,
+    the one place a version is pinned."""
+    found = {}
+    for line in (ROOT / "requirements.txt").read_text().splitlines():
+        requirement = line.split("#")[0].strip()
+        if "==" in requirement:
+            found[requirement.split("==")[0].strip()] = requirement
+    return found
+
+
+def student_requirements() -> str:
+    """The release's requirements.txt: the template, each bare package name that the course
+    pins exactly (torch, triton) given the course's pin."""
+    pinned, lines = pins(), []
+    for line in (TEMPLATES / "requirements.txt").read_text().splitlines():
+        name = line.split("#")[0].strip()
+        if name in pinned:
+            line = pinned[name] + line[len(line.split("#")[0].rstrip()):]
+        elif name and not any(op in name for op in "=<>"):
+            raise ValueError(f"autograder/templates/requirements.txt: {name!r} has no version and the course's "
+                             "requirements.txt does not pin it exactly")
+        lines.append(line)
+    return "\n".join(lines) + "\n"
 
 
 def student_readme(template: str = "STUDENT_README.md") -> str:

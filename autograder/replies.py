@@ -273,7 +273,7 @@ def _kind(value) -> str:
 
 
 def _refuse(where: str, why: str):
-    from .sandbox import SubmissionError  # here: sandbox imports this module
+    from .worker_parent import SubmissionError  # here: worker_parent imports this module
 
     raise SubmissionError(f"{where} {why}", "bad-reply")
 

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from .report import Report, TestResult
-from .sandbox import SubmissionError, Worker
+from .isolation import LIMITS
+from .worker_parent import SubmissionError, Worker
 from .text import clean
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -109,7 +110,7 @@ def _grader_frame(excinfo) -> str:
 
 
 def grade(submission: str | Path, exercises: list[str] | None = None, *,
-          timeout: float = 20.0, memory_gib: float = 6.0, verbose: bool = False,
+          timeout: float = LIMITS.timeout_s, memory_gib: float = LIMITS.memory_gib, verbose: bool = False,
           public: bool = False, keyword: str | None = None) -> Report:
     """Grade one submission folder on the chosen exercises (default: all).
 

@@ -25,7 +25,6 @@ import hashlib
 import html.parser
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -349,7 +348,7 @@ def stage(source: Path, release: Path, log=print) -> None:
         (folder / "adequacy.md").write_text(f"# {TEXT[lang]['adequacy']}\n\n{adequacy_table}\n")
     (source / "index.md").write_text("\n".join([
         "# Transformer internals / 트랜스포머 내부 구조", "",
-        f"- [English](en/index.md)", f"- [한국어](ko/index.md)", "",
+        "- [English](en/index.md)", "- [한국어](ko/index.md)", "",
         "```{toctree}", ":hidden:", "", "en/index", "ko/index", "```", ""]))
 
 

@@ -187,7 +187,7 @@ def _compare_messages():
 
 
 GRADER_MESSAGES = [
-    # sandbox.py and worker.py, as they build them (the phases, crashes and strikes included)
+    # worker_parent.py and worker.py, as they build them (the phases, crashes and strikes included)
     "not implemented: NotImplementedError",
     "not implemented: MultiHeadAttention.__init__: write this part (see the docstring)",  # a skeleton
     "ValueError in attention.softmax: bad dims",

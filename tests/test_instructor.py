@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 def test_release_contains_what_students_need_and_no_answers(student_release):
     out = student_release
     for needed in ("README.md", "course.py", "requirements.txt", "exercises/attention.py",
-                   "exercises/checks/test_attention.py", "autograder/worker.py", "lectures/01_self_attention.ipynb",
+                   "exercises/checks/test_attention.py", "autograder/worker_child.py", "lectures/01_self_attention.ipynb",
                    ".github/workflows/classroom.yml"):
         assert (out / needed).exists(), needed
     assert not (out / "solutions").exists()

@@ -14,11 +14,11 @@ import pytest
 import torch
 from rich.console import Console
 
-from autograder import intake, report as report_module, sandbox, text
+from autograder import intake, report as report_module, worker_parent, text
 from autograder.classroom import escape_cell
 from autograder.intake import MAX_FILE_BYTES, MAX_FILES, MAX_TOTAL_BYTES, stage_submission
 from autograder.report import Report
-from autograder.sandbox import SubmissionError, Worker
+from autograder.worker_parent import SubmissionError, Worker
 from tests.conftest import ROOT, strings
 
 SOLUTION = ROOT / "solutions" / "attention.py"
@@ -239,7 +239,7 @@ def test_the_worker_fails_a_refused_module_with_the_reason(submission, tmp_path,
         staging = w.staging
     assert not os.path.exists(staging)  # removed on close
     # the protection off: the link is followed and the reference's softmax is graded
-    monkeypatch.setattr(sandbox.submission_intake, "stage_submission", follow_links)
+    monkeypatch.setattr(worker_parent.submission_intake, "stage_submission", follow_links)
     with Worker(submission) as w:
         assert torch.allclose(w.call("attention.softmax", x), torch.softmax(x, -1))
 

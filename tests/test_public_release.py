@@ -36,7 +36,22 @@ def test_release_requirements_hold_only_what_students_run(student_release):
     names = {line.split("=")[0].split(">")[0].split("<")[0] for line in lines if line}
     assert "transformers" not in names and "jsonschema" not in names and "bleach" not in names
     assert {"torch", "pytest", "rich", "jupyterlab", "nbgrader", "triton"} <= names
-    assert "torch==2.13.0" in lines
+    from autograder.release import pins
+
+    assert pins()["torch"] in lines and pins()["triton"] in lines  # the course's own pins, written once
+
+
+def test_gradescope_and_classroom_read_the_torch_pin_from_requirements():
+    """Their install scripts read the pin from requirements.txt (no second copy to go stale):
+    the shell pipeline they run gives exactly the course's pin."""
+    from autograder.gradescope import SETUP_SH
+    from autograder.release import classroom_workflow, pins
+
+    pipeline = "grep -E '^torch==' requirements.txt | cut -d'#' -f1 | tr -d ' '"
+    assert pipeline.replace("requirements.txt", "/autograder/source/course/requirements.txt") in SETUP_SH
+    assert pipeline in classroom_workflow()
+    out = subprocess.run(["bash", "-c", pipeline], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == pins()["torch"]
 
 
 def test_cpu_index_is_used_only_when_reachable(monkeypatch):

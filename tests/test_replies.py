@@ -14,9 +14,9 @@ from collections import OrderedDict
 import pytest
 import torch
 
-from autograder import replies, runner, sandbox
+from autograder import replies, runner, worker_parent
 from autograder.replies import validate
-from autograder.sandbox import SubmissionError, Worker
+from autograder.worker_parent import SubmissionError, Worker
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # sparse CSR, quantized: deprecated, still loadable
 
@@ -165,11 +165,11 @@ def test_frames_the_protocol_does_not_send_are_refused(frame, needle):
 
 def test_the_worker_refuses_odd_tensors_itself_with_a_clear_message():
     """The worker's own to_wire (a courtesy: the grader checks again) names what came."""
-    sys.path.insert(0, str(sandbox.HERE))
+    sys.path.insert(0, str(worker_parent.HERE))
     try:
-        import worker
+        import worker_child as worker
     finally:
-        sys.path.remove(str(sandbox.HERE))
+        sys.path.remove(str(worker_parent.HERE))
     for value, needle in [(torch.empty(2, device="meta"), "result is a tensor on the meta device; return a CPU tensor"),
                           (torch.eye(2).to_sparse(), "sparse_coo"), (torch.zeros(1, dtype=torch.complex64), "complex64")]:
         with pytest.raises(TypeError, match=needle):
@@ -250,7 +250,7 @@ def test_a_forged_frame_with_a_plain_value_changes_nothing_a_return_could_not(fo
 def test_without_the_check_the_forged_values_reach_the_grader(forging, monkeypatch):
     """The protection is needed: with validate turned off the 4-byte tensor claiming 10**12
     elements and the meta tensor arrive in the grader as sent."""
-    monkeypatch.setattr(sandbox, "validate", lambda frame, **limits: frame)
+    monkeypatch.setattr(worker_parent, "validate", lambda frame, **limits: frame)
     with Worker(forging) as w:
         value = w.call("mod.expanded")
         assert value.shape == (10**12,) and value.untyped_storage().nbytes() == 4
@@ -284,7 +284,7 @@ def test_without_the_check_comparisons_allocate_gigabytes_and_fail_as_the_grader
     4 bytes (here: past a 3 GiB limit), or raise an error that is not an assertion, which the
     runner then blames on the grader."""
     out = subprocess.run([sys.executable, "-c", COMPARE_WITHOUT_CHECK], capture_output=True, text=True,
-                         timeout=120, cwd=str(sandbox.HERE.parent))
+                         timeout=120, cwd=str(worker_parent.HERE.parent))
     lines = out.stdout.splitlines()
     assert len(lines) == 2 and all(line.startswith("grader fault") for line in lines), out.stdout + out.stderr
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from autograder.isolation import UID_POOL, privilege_drop_available
-from autograder.sandbox import SubmissionError, Worker
+from autograder.worker_parent import SubmissionError, Worker
 
 
 @pytest.fixture
@@ -275,9 +275,9 @@ class FileOutput:
 
 
 def test_without_the_drain_printing_fails_the_call(printing, monkeypatch):
-    from autograder import sandbox
+    from autograder import worker_parent
 
-    monkeypatch.setattr(sandbox, "OutputDrain", FileOutput)
+    monkeypatch.setattr(worker_parent, "OutputDrain", FileOutput)
     with Worker(printing, output_bytes=1 << 20) as w:
         with pytest.raises(SubmissionError, match="File too large"):
             w.call("mod.chatty", torch.ones(1))
@@ -359,11 +359,11 @@ def test_as_the_graders_user_only_what_the_worker_created_is_removed(ipc, monkey
 @pytest.mark.parametrize("drop", [True, False], ids=["as a pool uid (root)", "as the grader's user"])
 def test_without_the_namespace_and_the_sweep_a_later_worker_finds_them(ipc, drop, monkeypatch):
     """Why both are needed: turned off, the next worker of the same uid opens all three."""
-    from autograder import isolation, sandbox
+    from autograder import isolation, worker_parent
     if drop and not privilege_drop_available():
         pytest.skip("needs root and a Python the pool uid can run")
     monkeypatch.setattr(isolation, "ipc_namespace_available", lambda: False)
-    monkeypatch.setattr(sandbox, "remove_ipc_of", lambda *a, **k: [])
+    monkeypatch.setattr(worker_parent, "remove_ipc_of", lambda *a, **k: [])
     key = 0x5ef00000 + os.getpid() % 0xffff
     try:
         with Worker(ipc, drop_privileges=drop) as w:

@@ -10,7 +10,7 @@ This package holds the helpers every exercise shares (build a module and load th
 weights by the API's names, run it with gradients, list its parameters, call a function,
 bans, the memory cap); ``<exercise>.py`` beside it holds one exercise's own. A suite calls
 them as ``worker.adapters.module_forward(cls=..., ...)`` / ``worker.adapters.gpt.forward(...)``
-(autograder/sandbox.py's ``Adapters``), or by name, ``worker.call("@module_forward", ...)`` /
+(autograder/worker_parent.py's ``Adapters``), or by name, ``worker.call("@module_forward", ...)`` /
 ``worker.call("@gpt.forward", ...)``. In the worker the package is ``course_adapters`` and
 cannot import ``autograder``: only torch, the standard library and relative imports.
 """

@@ -3,7 +3,6 @@ the student's own BlockConfig.
 
 Called from the suite as ``worker.adapters.decoder_block.NAME(...)`` (or
 ``worker.call("@decoder_block.NAME", ...)``); see the package docstring."""
-import torch
 
 from . import _run, load_weights, parameter_table
 

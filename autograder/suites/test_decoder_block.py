@@ -1,6 +1,5 @@
 """Hidden suite: exercises/decoder_block.py (lecture 04): GPT-2 style and Llama style blocks,
 Pre-LN and Post-LN, with random weights everywhere (norm weights included)."""
-import dataclasses
 
 import pytest
 import torch

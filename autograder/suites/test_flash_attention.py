@@ -15,7 +15,7 @@ from autograder import mistakes
 from autograder.compare import check_tensor
 from autograder.adapters import flash_inputs
 from autograder.inputs import randn
-from autograder.sandbox import SubmissionError
+from autograder.worker_parent import SubmissionError
 
 F64, F32 = torch.float64, torch.float32
 

@@ -4,7 +4,6 @@ The model tests build YOUR GPT (gpt.py, decoder_block.py, attention.py) with the
 weights and YOUR KVCache, and compare with the reference model run without a cache.
 Weights are drawn from N(0, 0.3) and compared in float64, so greedy tokens do not tie.
 """
-import math
 
 import pytest
 import torch

@@ -17,7 +17,7 @@ from autograder.adapters.mla import MEMORY_CONFIG, MEMORY_PAST, MEMORY_POSITION,
 from autograder.compare import angle_tolerance, check_tensor, largest_angle
 from autograder.inputs import randn, random_state_dict
 from autograder.mistakes import mla as mistakes
-from autograder.sandbox import SubmissionError
+from autograder.worker_parent import SubmissionError
 from solutions import mla as ref
 
 F64, F32 = torch.float64, torch.float32

@@ -8,7 +8,6 @@ schedule against the API's formula; ``clip_grad_norm_`` against
 Each known mistake (``autograder/mistakes/training.py``) is computed here too and named
 only when your numbers match it.
 """
-import math
 
 import pytest
 import torch

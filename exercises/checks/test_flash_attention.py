@@ -13,7 +13,7 @@ import torch
 from autograder.adapters import flash_inputs
 from autograder.compare import check_tensor
 from autograder.inputs import randn
-from autograder.sandbox import SubmissionError
+from autograder.worker_parent import SubmissionError
 
 F64, F32 = torch.float64, torch.float32
 MiB = 1 << 20

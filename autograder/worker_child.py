@@ -1,7 +1,8 @@
-"""The worker: the only process that imports and runs a submission's code.
+"""The child side of the worker boundary: the only process that imports and runs a
+submission's code. Nothing in this file runs in the grader.
 
-Started by ``autograder.sandbox.Worker`` (the grader's side of this process boundary) as
-``python -I worker.py REQ_FD RESP_FD SUBMISSION [PACKAGE_DIR ...]`` from a fresh temporary
+Started by ``autograder.worker_parent.Worker`` (the grader's side of this process boundary) as
+``python -I worker_child.py REQ_FD RESP_FD SUBMISSION [PACKAGE_DIR ...]`` from a fresh temporary
 directory that holds a copy of this file and of the ``adapters`` package, so neither the
 grader's files nor the reference solutions are on its import path (PACKAGE_DIRs: where
 torch lives).

@@ -1,4 +1,6 @@
-"""The grader's side of the worker: start it, send calls, survive whatever it does.
+"""The parent side of the worker boundary, in the grader: start the worker
+(``worker_child.py``, the only process that runs student code), send calls, survive whatever
+it does.
 
 ``Worker.call(target, *args, **kwargs)`` returns the value the submission computed, or
 raises ``SubmissionError`` with a message a student can act on: not implemented, an
@@ -18,16 +20,14 @@ import shutil
 import signal
 import struct
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from dataclasses import dataclass
 
 import torch
 
-from .isolation import (MAX_PROCESSES, ROOT, IsolationPlan, UidLease, become_subreaper, drop_to, kill_strays,
+from .isolation import (LIMITS, MAX_PROCESSES, ROOT, IsolationPlan, UidLease, become_subreaper, drop_to, kill_strays,
                         remove_files_of, running_as_root, strays, unshare_network)
 from . import intake as submission_intake
 from .isolation import ipc_objects, remove_ipc_of, unshare_ipc
@@ -104,20 +104,6 @@ class SubmissionError(Exception):
         self.kind = kind  # not-implemented | missing | exception | timeout | crash | memory | bad-reply | background
 
 
-@dataclass(frozen=True)
-class WorkerLimits:
-    """The worker's limits, each default with its reason: the one place they are set (the
-    command line's --timeout and --memory-gib default to these)."""
-    timeout_s: float = 20.0  # per call; the reference's whole course grades in about 22 s (README)
-    startup_timeout_s: float = 120.0  # importing torch in a cold container, as an unprivileged uid
-    memory_gib: float = 6.0  # stops runaway allocations; the memory tests set their own, tighter caps
-    max_reply_mib: int = 256  # a reply is a few tensors; this stops a flood before it is read
-    output_mib: int = 16  # the largest file the worker may write (RLIMIT_FSIZE)
-    cpu_seconds: int = 1800  # one worker may serve a whole course's suites: minutes, not seconds
-    max_strikes_per_target: int = 2  # a function that hung or crashed twice is not run again
-
-
-LIMITS = WorkerLimits()
 
 
 class Worker:
@@ -206,7 +192,7 @@ class Worker:
             "OPENBLAS_NUM_THREADS": "1",
         }
         if isinstance(self.log, OutputDrain) and self.log.dump_w is not None:
-            env["COURSE_DUMP_FD"] = str(self.log.dump_w)  # where faulthandler's stack goes (worker.py)
+            env["COURSE_DUMP_FD"] = str(self.log.dump_w)  # where faulthandler's stack goes (worker_child.py)
         # big allocations straight from mmap and back to the system when freed, so the
         # peak-memory checks (VmHWM) see every large tensor
         env["MALLOC_MMAP_THRESHOLD_"] = "65536"
@@ -243,7 +229,7 @@ class Worker:
         self._decide_isolation()
         plan = self.plan
         self.workdir = tempfile.mkdtemp(prefix="course-worker-")
-        shutil.copy(HERE / "worker.py", self.workdir)
+        shutil.copy(HERE / "worker_child.py", self.workdir)
         shutil.copytree(HERE / "adapters", os.path.join(self.workdir, "adapters"),
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         # the worker imports a copy: whatever the code does to its own files ends with this worker
@@ -262,7 +248,7 @@ class Worker:
         req_r, req_w = os.pipe()
         resp_r, resp_w = os.pipe()
         self.proc = subprocess.Popen(
-            [plan.python, "-I", os.path.join(self.workdir, "worker.py"),
+            [plan.python, "-I", os.path.join(self.workdir, "worker_child.py"),
              str(req_r), str(resp_w), str(copy), *plan.site_dirs],
             pass_fds=(req_r, resp_w, self.log.dump_w), stdin=subprocess.DEVNULL, stdout=self.log.output_w,
             stderr=subprocess.STDOUT, cwd=self.workdir, env=self._environment(),
@@ -417,7 +403,7 @@ class Worker:
         if total <= len(head.encode()) + self.log.keep:  # all of it was kept
             return "\nlast output:\n  " + "\n  ".join(last)
         first = shown(head, lambda kept: kept[:3])
-        return (f"\nfirst output:\n  " + "\n  ".join(first) +
+        return ("\nfirst output:\n  " + "\n  ".join(first) +
                 f"\n  ... ({total / MiB:.1f} MiB printed in all) ...\nlast output:\n  " + "\n  ".join(last))
 
     def _stuck_frame(self) -> tuple[str, str, int] | None:
