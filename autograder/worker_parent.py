@@ -69,6 +69,7 @@ class Adapters:
             return self._worker.call(target, *args, timeout=timeout, **kwargs)
 
         call.__name__ = call.__qualname__ = name
+        call.target = target  # what call_clean / call_with_memory_budget send, given this helper
         call.__doc__ = getattr(function, "__doc__", None)
         return call
 
@@ -580,9 +581,10 @@ class Worker:
         return SubmissionError(f"{kind} {where}: {message}{trace}", "exception")
 
     # -- memory, capped from outside ------------------------------------------------------
-    def call_with_memory_budget(self, warm_up: str, target: str, /, *args, budget_bytes: int,
+    def call_with_memory_budget(self, warm_up, target, /, *args, budget_bytes: int,
                                 timeout: float | None = None, **kwargs):
-        """``target`` in a fresh worker whose address space the grader caps from outside.
+        """``target`` in a fresh worker whose address space the grader caps from outside
+        (``warm_up`` and ``target``: helpers, ``worker.adapters.flash_attention.warm_up``).
 
         The worker starts anew and runs ``warm_up`` (trusted adapter code that imports none of
         the submission but pages in the library code the target will use); the grader then
@@ -594,6 +596,7 @@ class Worker:
         cannot be raised again, so nothing the submission does to itself changes the verdict.
         The worker is ended afterwards: later calls get a fresh one with the usual limits.
         """
+        warm_up, target = _target_of(warm_up), _target_of(target)
         self._stop()
         try:
             self.call(warm_up, timeout=timeout)
@@ -606,14 +609,24 @@ class Worker:
         finally:
             self._stop()
 
-    def call_clean(self, target: str, /, *args, timeout: float | None = None, **kwargs):
-        """``target`` in a second worker that never imports the submission (for adapters that
-        must not share a process with code the submission ran): started on first use, with
-        the same limits and isolation, and closed with this one."""
+    def call_clean(self, target, /, *args, timeout: float | None = None, **kwargs):
+        """``target`` (a helper, ``worker.adapters.flash_attention_triton.triton_replay``) in a
+        second worker that never imports the submission (for adapters that must not share a
+        process with code the submission ran): started on first use, with the same limits and
+        isolation, and closed with this one."""
         if self.clean is None:
             self.clean = Worker(self.submission, timeout=self.timeout, memory_bytes=self.memory_bytes,
                                 max_reply_bytes=self.max_reply_bytes, drop_privileges=self.drop_privileges)
-        return self.clean.call(target, *args, timeout=timeout, **kwargs)
+        return self.clean.call(_target_of(target), *args, timeout=timeout, **kwargs)
+
+
+def _target_of(helper) -> str:
+    """The wire name of a helper given as ``worker.adapters.x.y``; a string is a wire name
+    already ("@x.y", or "module.function" of the submission)."""
+    target = getattr(helper, "target", helper)
+    if not isinstance(target, str):
+        raise TypeError(f"expected a helper such as worker.adapters.flash_attention.warm_up, got {helper!r}")
+    return target
 
 
 def vm_size_bytes(pid: int) -> int:

@@ -10,8 +10,9 @@ This package holds the helpers every exercise shares (build a module and load th
 weights by the API's names, run it with gradients, list its parameters, call a function,
 bans, the memory cap); ``<exercise>.py`` beside it holds one exercise's own. A suite calls
 them as ``worker.adapters.module_forward(cls=..., ...)`` / ``worker.adapters.gpt.forward(...)``
-(autograder/worker_parent.py's ``Adapters``), or by name, ``worker.call("@module_forward", ...)`` /
-``worker.call("@gpt.forward", ...)``. In the worker the package is ``course_adapters`` and
+(autograder/worker_parent.py's ``Adapters``, which checks the arguments against the helper's
+signature in the grader; on the wire the helper's name is "@module_forward" / "@gpt.forward").
+In the worker the package is ``course_adapters`` and
 cannot import ``autograder``: only torch, the standard library and relative imports.
 """
 import contextlib
@@ -183,31 +184,3 @@ def module_method(sub, cls, init_kwargs, state_dict, method, args, kwargs=None, 
     module = build_module(sub, cls, init_kwargs, state_dict, dtype).eval()
     with torch.no_grad():
         return getattr(module, method)(*args, **(kwargs or {}))
-
-
-# -- names from before the split ------------------------------------------------------------
-# "@flash_memory_run" and ``from autograder.adapters import probe_next_token`` still work: they
-# resolve to the exercise module that holds the helper now (new code names that module)
-_MOVED = {
-    "call_without_builtin_softmax": ("attention", "call_without_builtin_softmax"),
-    "RecordingCache": ("rope", "RecordingCache"), "attention_with_cache": ("rope", "attention_with_cache"),
-    "block_parameters": ("decoder_block", "parameters"), "block_forward": ("decoder_block", "forward"),
-    "gpt_parameters": ("gpt", "parameters"), "gpt_config_fields": ("gpt", "config_fields"),
-    "gpt_forward": ("gpt", "forward"), "gpt_train_step": ("gpt", "train_step"),
-    "kv_cache_session": ("kv_cache", "cache_session"), "gpt_cached_logits": ("kv_cache", "cached_logits"),
-    "GraderLayerCache": ("kv_cache", "GraderLayerCache"), "GraderCache": ("kv_cache", "GraderCache"),
-    "gpt_step_on_cache": ("kv_cache", "step_on_cache"), "gpt_generate": ("kv_cache", "generate"),
-    "probe_next_token": ("kv_cache", "probe_next_token"), "ProbeLM": ("kv_cache", "ProbeLM"),
-    "generate_on_probe": ("kv_cache", "generate_on_probe"), "sample": ("kv_cache", "sample"),
-    "flash_warm_up": ("flash_attention", "warm_up"), "flash_inputs": ("flash_attention", "inputs"),
-    "flash_memory_run": ("flash_attention", "memory_run"),
-}
-
-
-def __getattr__(name):
-    if name not in _MOVED:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    module, attr = _MOVED[name]
-    return getattr(importlib.import_module(f"{__name__}.{module}"), attr)

@@ -1,8 +1,7 @@
 """Worker-side helpers of exercises/attention.py: softmax written by hand: called with torch's
 softmaxes disabled.
 
-Called from the suite as ``worker.adapters.attention.NAME(...)`` (or
-``worker.call("@attention.NAME", ...)``); see the package docstring."""
+Called from the suite as ``worker.adapters.attention.NAME(...)``; see the package docstring."""
 import contextlib
 
 import torch

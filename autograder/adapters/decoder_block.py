@@ -1,8 +1,7 @@
 """Worker-side helpers of exercises/decoder_block.py: the student's DecoderBlock, built from
 the student's own BlockConfig.
 
-Called from the suite as ``worker.adapters.decoder_block.NAME(...)`` (or
-``worker.call("@decoder_block.NAME", ...)``); see the package docstring."""
+Called from the suite as ``worker.adapters.decoder_block.NAME(...)``; see the package docstring."""
 
 from . import _run, load_weights, parameter_table
 

@@ -1,8 +1,7 @@
 """Worker-side helpers of exercises/flash_attention.py: the memory test's run (the cap is set
 from outside, see Worker.call_with_memory_budget).
 
-Called from the suite as ``worker.adapters.flash_attention.NAME(...)`` (or
-``worker.call("@flash_attention.NAME", ...)``); see the package docstring."""
+Called from the suite as ``worker.adapters.flash_attention.NAME(...)``; see the package docstring."""
 import torch
 
 

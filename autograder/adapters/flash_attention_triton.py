@@ -1,4 +1,5 @@
-"""Trusted worker-side helpers of the Triton exercise (called as "@flash_attention_triton.name").
+"""Trusted worker-side helpers of the Triton exercise (called as
+``worker.adapters.flash_attention_triton.NAME(...)``).
 
 Counting launches or banning torch here proves nothing: the host code runs in this process
 and could compute the answer with torch and launch an empty kernel. So the host code only

@@ -1,8 +1,7 @@
 """Worker-side helpers of exercises/gpt.py: the student's GPT, built from the student's own
 GPTConfig and BlockConfig.
 
-Called from the suite as ``worker.adapters.gpt.NAME(...)`` (or
-``worker.call("@gpt.NAME", ...)``); see the package docstring."""
+Called from the suite as ``worker.adapters.gpt.NAME(...)``; see the package docstring."""
 import torch
 
 from . import _run, decoder_block, load_weights, parameter_table

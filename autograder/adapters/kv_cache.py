@@ -1,8 +1,7 @@
 """Worker-side helpers of exercises/kv_cache.py: the student's KVCache, caches the grader
 fills, generation on a probe model, sampling.
 
-Called from the suite as ``worker.adapters.kv_cache.NAME(...)`` (or
-``worker.call("@kv_cache.NAME", ...)``); see the package docstring."""
+Called from the suite as ``worker.adapters.kv_cache.NAME(...)``; see the package docstring."""
 import torch
 
 from . import decoder_block, gpt, load_weights

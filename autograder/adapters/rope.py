@@ -1,8 +1,7 @@
 """Worker-side helpers of exercises/rope.py: MultiHeadAttention with RoPE and a cache: a
 trusted cache records what it is given.
 
-Called from the suite as ``worker.adapters.rope.NAME(...)`` (or
-``worker.call("@rope.NAME", ...)``); see the package docstring."""
+Called from the suite as ``worker.adapters.rope.NAME(...)``; see the package docstring."""
 import torch
 
 from . import build_module

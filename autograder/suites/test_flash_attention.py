@@ -13,7 +13,7 @@ import torch
 
 from autograder import mistakes
 from autograder.compare import check_tensor
-from autograder.adapters import flash_inputs
+from autograder.adapters.flash_attention import inputs as flash_inputs
 from autograder.inputs import randn
 from autograder.worker_parent import SubmissionError
 
@@ -140,7 +140,7 @@ def test_backward(worker, causal, dtype, d_v):
     q, k = (randn(2, 2, n, 16, seed=s, dtype=dtype) for s in (7, 8))
     v = randn(2, 2, n, d_v, seed=9, dtype=dtype)
     grad_o = randn(2, 2, n, d_v, seed=10, dtype=dtype)
-    got = worker.call("@function_grads", "flash_attention.flash_attention", [q, k, v], {"is_causal": causal}, grad_o)
+    got = worker.adapters.function_grads("flash_attention.flash_attention", [q, k, v], {"is_causal": causal}, grad_o)
     leaves = [t.double().requires_grad_(True) for t in (q, k, v)]
     truth(*leaves, causal)[0].backward(grad_o.double())
     check_tensor(got["out"], truth(q, k, v, causal)[0], "flash_attention(q, k, v) output", dtype=dtype, n_terms=n + 16,
@@ -193,7 +193,8 @@ def test_memory_stays_linear(worker, causal):
     n, d = MEMORY_N, MEMORY_D
     budget = memory_budget(n, d)
     try:
-        got = worker.call_with_memory_budget("@flash_warm_up", "@flash_memory_run", n, d, causal, 0,
+        flash = worker.adapters.flash_attention
+        got = worker.call_with_memory_budget(flash.warm_up, flash.memory_run, n, d, causal, 0,
                                              budget_bytes=budget, timeout=120)
     except SubmissionError as error:
         if error.kind not in ("memory", "crash"):

@@ -84,13 +84,13 @@ def run_kernels(worker, entry, q, k, v, causal, grad=None):
     if path is None:  # no file: the worker explains
         return worker.call("flash_attention_triton.triton_flash_attention", q, k, v, causal)
     extra = {} if grad is None else {"grad": grad}
-    record = worker.call("@flash_attention_triton.triton_record", entry, q, k, v, causal, timeout=60, **extra)
+    record = worker.adapters.flash_attention_triton.triton_record(entry, q, k, v, causal, timeout=60, **extra)
     source, findings = static.triton_kernels(path.read_text(encoding="utf-8", errors="replace"))
     unimplemented = [f.what for f in findings if f.what.startswith("not implemented")]
     assert not unimplemented, unimplemented[0]
     assert not findings, static.describe(findings, "flash_attention_triton.py:")
     check_record(record, entry, q.shape[0] * q.shape[1] * q.shape[2] * v.shape[3])
-    return worker.call_clean("@flash_attention_triton.triton_replay", entry, source, record["launches"],
+    return worker.call_clean(worker.adapters.flash_attention_triton.triton_replay, entry, source, record["launches"],
                              record["buffers"], record["out"], q, k, v, timeout=120, **extra)
 
 

@@ -71,7 +71,7 @@ def forward_check(worker, name, seed, absorb):
     module, state = case(name, seed)
     cfg = CONFIGS[name]
     x = randn(2, 7, cfg["d_model"], seed=seed + 1, dtype=F64)
-    got = worker.call("@module_forward", MLA, cfg, state, [x], {"positions": POSITIONS, "absorb": absorb}, dtype=F64)
+    got = worker.adapters.module_forward(MLA, cfg, state, [x], {"positions": POSITIONS, "absorb": absorb}, dtype=F64)
     with torch.no_grad():
         expected = module(x, positions=POSITIONS)
     check_tensor(got["out"], expected, f"MultiHeadLatentAttention({name})(x (2, 7), uneven positions, absorb={absorb})",
@@ -89,7 +89,7 @@ def test_mla_parameters(worker, name):
     """the submodules have the API's names and shapes, without biases (q_proj, or q_a_proj,
     q_a_layernorm and q_b_proj; kv_a_proj_with_mqa, kv_a_layernorm, kv_b_proj, o_proj)."""
     cfg = CONFIGS[name]
-    got = worker.call("@module_parameters", MLA, cfg)
+    got = worker.adapters.module_parameters(MLA, cfg)
     expected = {n: tuple(p.shape) for n, p in ref.MultiHeadLatentAttention(**cfg).named_parameters()}
     params = {n: tuple(info["shape"]) for n, info in got["parameters"].items()}
     hint = ""
@@ -125,7 +125,7 @@ def test_mla_default_positions(worker):
     module, state = case("q_proj", seed=30)
     cfg = CONFIGS["q_proj"]
     x = randn(2, 6, cfg["d_model"], seed=31, dtype=F64)
-    got = worker.call("@module_forward", MLA, cfg, state, [x], dtype=F64)
+    got = worker.adapters.module_forward(MLA, cfg, state, [x], dtype=F64)
     with torch.no_grad():
         expected = module(x)
     check_tensor(got["out"], expected, "MultiHeadLatentAttention(q_proj)(x (2, 6)) with default positions",
@@ -140,7 +140,7 @@ def test_mla_gradients(worker):
     cfg = CONFIGS["q-low-rank"]
     x = randn(2, 5, cfg["d_model"], seed=41, dtype=F64)
     grad_out = randn(2, 5, cfg["d_model"], seed=42, dtype=F64)
-    got = worker.call("@module_forward", MLA, cfg, state, [x], dtype=F64, grad_output=grad_out)
+    got = worker.adapters.module_forward(MLA, cfg, state, [x], dtype=F64, grad_output=grad_out)
     x_ = x.clone().requires_grad_(True)
     module(x_).backward(grad_out)
     tol = mla_tolerance(module, x, 4)
@@ -158,7 +158,7 @@ def test_mla_float32(worker):
     x = randn(2, 6, cfg["d_model"], seed=51, dtype=F32)
     state32 = {k: v.float() for k, v in state.items()}
     for absorb in (False, True):
-        got = worker.call("@module_forward", MLA, cfg, state32, [x], {"absorb": absorb}, dtype=F32)
+        got = worker.adapters.module_forward(MLA, cfg, state32, [x], {"absorb": absorb}, dtype=F32)
         with torch.no_grad():
             expected = module(x.double())
         check_tensor(got["out"], expected, f"MultiHeadLatentAttention(q-low-rank) in float32, absorb={absorb}",
@@ -189,7 +189,7 @@ def test_mla_cached_decoding(worker, absorb):
     cfg = CONFIGS[name]
     full = randn(2, 8, cfg["d_model"], seed=61, dtype=F64)
     prompt, steps = full[:, :5], [full[:, i:i + 1] for i in range(5, 8)]
-    got = worker.call("@mla.mla_cached_outputs", cfg, state, prompt, steps, absorb=absorb, dtype=F64)
+    got = worker.adapters.mla.mla_cached_outputs(cfg, state, prompt, steps, absorb=absorb, dtype=F64)
     outputs = got["outputs"]
     assert isinstance(outputs, list) and len(outputs) == 4 and all(isinstance(t, torch.Tensor) for t in outputs), (
         "expected the outputs of 4 calls (prefill + 3 steps)")
@@ -220,7 +220,7 @@ def test_mla_step_on_grader_cache(worker, absorb):
     cfg = CONFIGS[name]
     past = altered_past(module, state, cfg, randn(2, 6, cfg["d_model"], seed=71, dtype=F64), seed=72)
     x = randn(2, 2, cfg["d_model"], seed=73, dtype=F64)
-    got = worker.call("@mla.mla_step_on_cache", cfg, state, past, x, absorb=absorb, dtype=F64)
+    got = worker.adapters.mla.mla_step_on_cache(cfg, state, past, x, absorb=absorb, dtype=F64)
     rejected = got["rejected"]
     hint = f"\n  This looks like a known mistake: {mistakes.CACHE_EXPANDED}" if rejected else ""
     assert not got["raised"], f"a step on the grader's MLA cache raised {got['raised']}{hint}"
@@ -261,7 +261,8 @@ def test_mla_absorb_does_not_expand(worker):
     budget = memory_budget()
     c = MEMORY_CONFIG
     try:
-        got = worker.call_with_memory_budget("@mla.mla_warm_up", "@mla.mla_memory_run", budget_bytes=budget,
+        helpers = worker.adapters.mla
+        got = worker.call_with_memory_budget(helpers.mla_warm_up, helpers.mla_memory_run, budget_bytes=budget,
                                              timeout=120)
     except SubmissionError as error:
         if error.kind not in ("memory", "crash"):
@@ -312,7 +313,7 @@ def test_mla_cache_update_returns_everything_stored(worker):
     """update appends along the sequence axis and returns views over all stored positions."""
     (l1, r1), (l2, r2), (l3, r3) = entries(1, 3), entries(2, 1), entries(3, 2)
     ops = [("update", 0, l1, r1), ("update", 1, l1 * 2, r1 * 2), ("update", 0, l2, r2), ("update", 0, l3, r3)]
-    got = worker.call("@mla.mla_cache_session", CACHE, ops)["results"]
+    got = worker.adapters.mla.mla_cache_session(CACHE, ops)["results"]
     _ok(got)
     check_tensor(got[0]["latent"], l1, "latent_all after one update of 3 positions")
     check_tensor(got[3]["latent"], torch.cat([l1, l2, l3], dim=1), "latent_all after updates of 3, 1 and 2 positions")
@@ -328,7 +329,7 @@ def test_mla_cache_holds_only_latent_and_rope(worker):
     dtype: one latent and one shared rotated key per position and layer, preallocated; updates
     write into that storage."""
     cfg = dict(CACHE)
-    got = worker.call("@mla.mla_cache_session", cfg, [("update", 0, *entries(s, 1)) for s in range(4)])
+    got = worker.adapters.mla.mla_cache_session(cfg, [("update", 0, *entries(s, 1)) for s in range(4)])
     _ok(got["results"])
     expected = ref.mla_cache_bytes(cfg["n_layers"], cfg["kv_lora_rank"], cfg["qk_rope_head_dim"], cfg["max_seq_len"],
                                    cfg["batch_size"], bytes_per_elem=8)
@@ -346,7 +347,7 @@ def test_mla_cache_seq_len(worker):
     """seq_len grows once per step of all layers; between two layers' updates it is the step's start."""
     ops = [("update", 0, *entries(1, 3)), ("update", 1, *entries(2, 3)), ("update", 0, *entries(3, 1)),
            ("update", 1, *entries(4, 1))]
-    got = worker.call("@mla.mla_cache_session", CACHE, ops)["results"]
+    got = worker.adapters.mla.mla_cache_session(CACHE, ops)["results"]
     _ok(got)
     lengths = [e["seq_len"] for e in got]
     assert lengths == [0, 3, 3, 4], (
@@ -360,7 +361,7 @@ def test_mla_cache_crop_and_reset(worker):
     (l1, r1), (l2, r2) = entries(5, 5), entries(6, 1)
     ops = [("update", 0, l1, r1), ("update", 1, l1, r1), ("crop", 7), ("crop", 3),
            ("update", 0, l2, r2), ("update", 1, l2, r2), ("reset",), ("update", 0, l2, r2), ("update", 1, l2, r2)]
-    got = worker.call("@mla.mla_cache_session", CACHE, ops)["results"]
+    got = worker.adapters.mla.mla_cache_session(CACHE, ops)["results"]
     _ok(got)
     lengths = [e["seq_len"] for e in got]
     assert lengths == [0, 5, 5, 3, 3, 4, 0, 0, 1], f"seq_len after each step: expected [0, 5, 5, 3, 3, 4, 0, 0, 1], got {lengths}"
@@ -372,7 +373,7 @@ def test_mla_cache_crop_and_reset(worker):
 @pytest.mark.rules("cache.overflow")
 def test_mla_cache_overflow_raises(worker):
     """writing past max_seq_len raises ValueError."""
-    got = worker.call("@mla.mla_cache_session", CACHE, [("update", 0, *entries(7, 6)), ("update", 0, *entries(8, 3))])
+    got = worker.adapters.mla.mla_cache_session(CACHE, [("update", 0, *entries(7, 6)), ("update", 0, *entries(8, 3))])
     got = got["results"]
     assert "raised" not in got[0], f"6 of 8 positions raised {got[0]['raised']}: {got[0]['message']}"
     assert got[1].get("raised") == "ValueError", (

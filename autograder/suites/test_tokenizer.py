@@ -67,7 +67,7 @@ def _bytes(value, where):
 
 
 def student_training(worker, text, vocab_size, special_tokens=()):
-    got = worker.call("@tokenizer.train", TRAIN, text, vocab_size, list(special_tokens))
+    got = worker.adapters.tokenizer.train(TRAIN, text, vocab_size, list(special_tokens))
     vocab = {}
     for entry in got["vocab"]:
         assert type(entry) is list and len(entry) == 2 and type(entry[0]) is int, "malformed vocab entry"
@@ -81,12 +81,12 @@ def wire(vocab, merges):
 
 
 def student_encode(worker, vocab, merges, special_tokens, texts):
-    got = worker.call("@tokenizer.encode", TOKENIZER, *wire(vocab, merges), list(special_tokens), list(texts))
+    got = worker.adapters.tokenizer.encode(TOKENIZER, *wire(vocab, merges), list(special_tokens), list(texts))
     return [ids.tolist() for ids in got]
 
 
 def student_decode(worker, vocab, merges, id_lists):
-    return worker.call("@tokenizer.decode", TOKENIZER, *wire(vocab, merges), [], [list(ids) for ids in id_lists])
+    return worker.adapters.tokenizer.decode(TOKENIZER, *wire(vocab, merges), [], [list(ids) for ids in id_lists])
 
 
 def show(text, limit=50):
@@ -338,7 +338,7 @@ def test_round_trip(worker):
     specials = (EOT, EOT2)
     vocab, merges = ref.train_bpe(mixed(), 256 + 2 + 150, specials)
     texts = UNICODE + SPECIAL_TEXTS + [korean(6000, 6600), english(20000, 20600) + EOT + korean(100, 200)]
-    got = worker.call("@tokenizer.round_trip", TOKENIZER, *wire(vocab, merges), list(specials), texts)
+    got = worker.adapters.tokenizer.round_trip(TOKENIZER, *wire(vocab, merges), list(specials), texts)
     tokenizer = ref.BPETokenizer(vocab, merges, specials)
     for text, result in zip(texts, got):
         ids, back = result["ids"].tolist(), result["text"]

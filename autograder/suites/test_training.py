@@ -43,7 +43,7 @@ def _ce_reference(logits, targets, ignore_index=-100):
 
 
 def _check_ce(worker, logits, targets, what, **kwargs):
-    got = worker.call("@training.cross_entropy", logits, targets, **kwargs)
+    got = worker.adapters.training.cross_entropy(logits, targets, **kwargs)
     check_tensor(got, _ce_reference(logits, targets, kwargs.get("ignore_index", -100)), what,
                  dtype=logits.dtype, n_terms=logits.shape[-1], magnitude=logits.abs().max().item(),
                  mistakes=lambda: mt.cross_entropy_mistakes(logits, targets, kwargs.get("ignore_index", -100)))
@@ -171,7 +171,7 @@ def _check_trajectory(got, spec, what):
 def test_adamw_trajectory_groups(worker):
     """six AdamW steps with two param groups (own lr, betas, eps, weight_decay) follow torch.optim.AdamW."""
     spec = _spec("groups")
-    _check_trajectory(worker.call("@training.adamw_trajectory", spec), spec, "AdamW with two param groups")
+    _check_trajectory(worker.adapters.training.adamw_trajectory(spec), spec, "AdamW with two param groups")
 
 
 @pytest.mark.points(2)
@@ -179,7 +179,7 @@ def test_adamw_trajectory_groups(worker):
 def test_adamw_trajectory_defaults(worker):
     """AdamW(params) uses the API's defaults lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01."""
     spec = _spec("defaults")
-    _check_trajectory(worker.call("@training.adamw_trajectory", spec), spec, "AdamW(params) with its defaults")
+    _check_trajectory(worker.adapters.training.adamw_trajectory(spec), spec, "AdamW(params) with its defaults")
 
 
 @pytest.mark.points(2)
@@ -187,7 +187,7 @@ def test_adamw_trajectory_defaults(worker):
 def test_adamw_skips_params_without_grad(worker):
     """a parameter whose grad is None is left alone: no decay, no moment update, no step count."""
     spec = _spec("skip")
-    got = worker.call("@training.adamw_trajectory", spec)
+    got = worker.adapters.training.adamw_trajectory(spec)
     expected = _check_trajectory(got, spec, "AdamW with a parameter that never has a gradient and one that "
                                             "loses it after step 2")
     counted = got["state"].get("unused", {}).get("step")
@@ -204,7 +204,7 @@ def test_adamw_skips_params_without_grad(worker):
 def test_adamw_state(worker):
     """after six steps each parameter's state holds step, exp_avg and exp_avg_sq equal to torch's."""
     spec = _spec("groups")
-    got = worker.call("@training.adamw_trajectory", spec)
+    got = worker.adapters.training.adamw_trajectory(spec)
     expected = _torch_trajectory(spec)
     for name in expected["names"]:
         state = got["state"].get(name)
@@ -224,7 +224,7 @@ def test_adamw_state(worker):
 def test_adamw_step_closure(worker):
     """step(closure) evaluates the closure, steps with its gradients and returns its loss."""
     init, x, y = _init(70), randn(16, 5, seed=71, dtype=F64), randn(16, 3, seed=72, dtype=F64)
-    got = worker.call("@training.adamw_closure", init, x, y, dict(lr=0.01))
+    got = worker.adapters.training.adamw_closure(init, x, y, dict(lr=0.01))
     spec = dict(init=init, x=x, y=y, steps=1, kwargs=dict(lr=0.01), groups=[dict(names=list(init))])
     expected = _torch_trajectory(spec)
     assert got["returned"] is not None, "step(closure) returned None; it must return the closure's loss"
@@ -240,7 +240,7 @@ def test_adamw_is_written_by_hand(worker):
     static.assert_source_avoids(worker, "training", "AdamW", ADAM_BANNED,
                                 "the exercise asks you to write the AdamW update yourself")
     spec = _spec("defaults")
-    _check_trajectory(worker.call("@training.adamw_trajectory", {**spec, "steps": 2}), {**spec, "steps": 2},
+    _check_trajectory(worker.adapters.training.adamw_trajectory({**spec, "steps": 2}), {**spec, "steps": 2},
                       "AdamW, two steps")
 
 
@@ -251,7 +251,7 @@ SCHEDULE = dict(max_lr=3e-3, min_lr=3e-4, warmup_steps=7, total_steps=30)
 
 
 def _check_schedule(worker, steps, what):
-    got = worker.call("@training.schedule", steps, **SCHEDULE)
+    got = worker.adapters.training.schedule(steps, **SCHEDULE)
     expected = torch.tensor([mt.schedule_formula(s, **SCHEDULE) for s in steps], dtype=F64)
     # a handful of float64 roundings of values of order max_lr (cos, products, sums)
     check_tensor(got["values"], expected, f"lr_cosine_schedule at steps {steps[0]}..{steps[-1]} ({what})",
@@ -325,7 +325,7 @@ def _check_clip(got, grads, norm, expected_grads, max_norm, what, eps=1e-6):
 def test_clip_grad_norm_global(worker):
     """one norm over all gradients (a parameter without one skipped), every gradient scaled alike, as torch's."""
     grads, max_norm = _grads(81, 1.0), 1.5
-    got = worker.call("@training.clip", grads, max_norm, as_generator=True)
+    got = worker.adapters.training.clip(grads, max_norm, as_generator=True)
     norm, expected = _torch_clip(grads, max_norm)
     _check_clip(got, grads, norm, expected, max_norm, "clip_grad_norm_(model.parameters(), 1.5)")
 
@@ -335,7 +335,7 @@ def test_clip_grad_norm_global(worker):
 def test_clip_grad_norm_eps(worker):
     """the scale is max_norm / (norm + eps) with the eps given."""
     grads, max_norm, eps = _grads(84, 0.3), 1.0, 0.5
-    got = worker.call("@training.clip", grads, max_norm, with_eps=eps)
+    got = worker.adapters.training.clip(grads, max_norm, with_eps=eps)
     kept = [g for g in grads if g is not None]
     norm = torch.cat([g.reshape(-1) for g in kept]).norm()
     _check_clip(got, grads, norm, [g * (max_norm / (norm + eps)) for g in kept], max_norm,
@@ -347,7 +347,7 @@ def test_clip_grad_norm_eps(worker):
 def test_clip_grad_norm_below_max(worker):
     """gradients whose norm is below max_norm are left exactly as they are."""
     grads, max_norm = _grads(87, 0.1), 2.0
-    got = worker.call("@training.clip", grads, max_norm)
+    got = worker.adapters.training.clip(grads, max_norm)
     norm, expected = _torch_clip(grads, max_norm)
     _check_clip(got, grads, norm, expected, max_norm, f"clip_grad_norm_(params, 2.0) with norm {norm.item():.3f}")
 
@@ -363,7 +363,7 @@ def _expected_batch(data, batch_size, context_length, seed):
 
 
 def _check_batch(worker, data, batch_size, context_length, seed, what):
-    got = worker.call("@training.get_batch", data, batch_size, context_length, seed)
+    got = worker.adapters.training.get_batch(data, batch_size, context_length, seed)
     assert "raised" not in got, (f"{what}: get_batch raised {got.get('raised')}; every start drawn from "
                                  f"randint(len(data) - context_length) leaves a full window and its targets")
     x, y = _expected_batch(data, batch_size, context_length, seed)

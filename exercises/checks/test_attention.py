@@ -86,7 +86,7 @@ def test_public_softmax_by_hand(worker, reference):
                                 "the exercise asks you to write softmax from exp and sum")
     x = randn(2, 6, seed=1006, dtype=F32)
     expected = reference(lambda s: s.attention.softmax(x.double(), dim=-1))
-    got = worker.call("@call_without_builtin_softmax", "attention.softmax", [x], {"dim": -1})
+    got = worker.adapters.attention.call_without_builtin_softmax("attention.softmax", [x], {"dim": -1})
     check_tensor(got, expected, "softmax(x)", dtype=F32, n_terms=6)
 
 
@@ -221,7 +221,7 @@ def test_public_sdpa_gradients(worker, reference):
         return [t.grad for t in leaves]
 
     expected = reference(grads)
-    got = worker.call("@function_grads", "attention.scaled_dot_product_attention", [q, k, v],
+    got = worker.adapters.function_grads("attention.scaled_dot_product_attention", [q, k, v],
                       {"is_causal": True}, grad_out)
     for index, name in enumerate(("dq", "dk", "dv")):
         check_tensor(got["input_grads"][index], expected[index], f"{name} of causal attention", n_terms=4)
@@ -269,7 +269,7 @@ def _mha_check(worker, reference, config, x, what, seed=1050, **kwargs):
 
     expected = reference(forward)
     known = reference.mistakes(lambda s: s.mistakes.mha_mistakes(state, config, x, **kwargs))
-    got = worker.call("@module_forward", "attention.MultiHeadAttention", config, state, [x], kwargs, dtype=x.dtype)
+    got = worker.adapters.module_forward("attention.MultiHeadAttention", config, state, [x], kwargs, dtype=x.dtype)
     check_tensor(got["out"] if isinstance(got, dict) else got, expected, what, dtype=x.dtype,
                  n_terms=config["d_model"], mistakes=known)
 
@@ -282,7 +282,7 @@ def test_public_mha_parameters(worker, reference, config):
     cfg = MHA_CONFIGS[config]
     expected = reference(lambda s: {n: list(p.shape) for n, p in s.attention.MultiHeadAttention(**cfg).named_parameters()})
     expected = {n: tuple(shape) for n, shape in expected.items()}
-    got = worker.call("@module_parameters", "attention.MultiHeadAttention", cfg)
+    got = worker.adapters.module_parameters("attention.MultiHeadAttention", cfg)
     params = {name: tuple(info["shape"]) for name, info in got["parameters"].items()}
     assert params == expected, f"MultiHeadAttention({cfg}) parameters: expected {expected}, got {params}"
 
@@ -352,7 +352,7 @@ def test_public_mha_gradients(worker, reference):
         return {"x": x_.grad, **{n: p.grad for n, p in module.named_parameters()}}
 
     expected = reference(grads)
-    got = worker.call("@module_forward", "attention.MultiHeadAttention", cfg, state, [x], {"is_causal": True},
+    got = worker.adapters.module_forward("attention.MultiHeadAttention", cfg, state, [x], {"is_causal": True},
                       dtype=F64, grad_output=grad_out)
     check_tensor(got["input_grads"][0], expected["x"], "d(output)/d(x)", n_terms=cfg["d_model"])
     for name, grad in ((n, g) for n, g in expected.items() if n != "x"):

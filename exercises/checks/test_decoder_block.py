@@ -36,7 +36,7 @@ def _tolerance(config, block, x, dtype, positions=None, n_terms=24, magnitude=1.
 
 def run(worker, config, state, x, **call):
     """Your block built from BlockConfig(**config) inside the worker."""
-    return worker.call("@block_forward", config, state, x, dtype=x.dtype, **call)
+    return worker.adapters.decoder_block.forward(config, state, x, dtype=x.dtype, **call)
 
 
 @pytest.mark.points(1)
@@ -48,7 +48,7 @@ def test_public_block_parameters(worker, reference, name):
     expected = reference(lambda s: {n: list(p.shape) for n, p in
                                     s.decoder_block.DecoderBlock(s.decoder_block.BlockConfig(**config)).named_parameters()})
     expected = {n: tuple(shape) for n, shape in expected.items()}
-    got = worker.call("@block_parameters", config)
+    got = worker.adapters.decoder_block.parameters(config)
     params = {n: tuple(info["shape"]) for n, info in got["parameters"].items()}
     assert params == expected, (f"DecoderBlock({name}) parameters differ: missing "
                                 f"{sorted(set(expected) - set(params))}, unexpected {sorted(set(params) - set(expected))}, "

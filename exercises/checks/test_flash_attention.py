@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from autograder.adapters import flash_inputs
+from autograder.adapters.flash_attention import inputs as flash_inputs
 from autograder.compare import check_tensor
 from autograder.inputs import randn
 from autograder.worker_parent import SubmissionError
@@ -110,7 +110,7 @@ def test_public_backward(worker, reference, causal, d_v):
     grad_o = randn(1, 2, 45, d_v, seed=1610, dtype=F64)
     known = [reference.mistakes(lambda s, i=i: s.mistakes.flash_backward_mistakes(q, k, v, causal, grad_o, which=i))
              for i in range(3)]
-    got = worker.call("@function_grads", "flash_attention.flash_attention", [q, k, v], {"is_causal": causal}, grad_o)
+    got = worker.adapters.function_grads("flash_attention.flash_attention", [q, k, v], {"is_causal": causal}, grad_o)
     leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
     truth(*leaves, causal)[0].backward(grad_o)
     check_tensor(got["out"], truth(q, k, v, causal)[0], "flash_attention(q, k, v) output", n_terms=53, magnitude=8.0)
@@ -172,7 +172,7 @@ def test_public_memory_stays_linear(worker):
     args = (q, k, v, True) if causal else (q, k, v, False, 1024, 1024)
     budget = memory_budget(n, d)
     try:
-        got = worker.call_with_memory_budget("@flash_warm_up", f"flash_attention.{target}", *args,
+        got = worker.call_with_memory_budget(worker.adapters.flash_attention.warm_up, f"flash_attention.{target}", *args,
                                              budget_bytes=budget, timeout=120)
     except SubmissionError as error:
         if error.kind not in ("memory", "crash"):

@@ -74,7 +74,7 @@ def test_public_gpt_parameters(worker, reference, name):
     expected = reference(lambda s: {n: list(p.shape) for n, p in
                                     _model(s, name, 1400)[0].named_parameters(remove_duplicate=False)})
     expected = {n: tuple(shape) for n, shape in expected.items()}
-    got = worker.call("@gpt_parameters", CONFIGS[name])
+    got = worker.adapters.gpt.parameters(CONFIGS[name])
     params = {n: tuple(info["shape"]) for n, info in got["parameters"].items()}
     assert params == expected, (f"GPT({name}) parameters differ: missing {sorted(set(expected) - set(params))}, "
                                 f"unexpected {sorted(set(params) - set(expected))}")
@@ -84,7 +84,7 @@ def test_public_gpt_parameters(worker, reference, name):
 @pytest.mark.mirrors("gpt_keeps_its_config")
 def test_public_gpt_keeps_its_config(worker):
     """GPT(config) keeps its config as self.config (generate and the KV cache read it from there)."""
-    got = worker.call("@gpt_config_fields", CONFIGS["llama-untied"])
+    got = worker.adapters.gpt.config_fields(CONFIGS["llama-untied"])
     expected = {"vocab_size": 29, "max_seq_len": 12, "n_layers": 1, "block.d_model": 16, "block.n_heads": 4,
                 "block.n_kv_heads": 2}
     assert got == expected, f"GPT(config).config: expected the fields {expected}, got {got}"
@@ -104,9 +104,9 @@ def test_public_gpt_logits(worker, reference, name):
                     model(single)]
 
     state, expected, tol, known, expected_single = reference(truth)
-    got = worker.call("@gpt_forward", CONFIGS[name], state, idx, dtype=F64)
+    got = worker.adapters.gpt.forward(CONFIGS[name], state, idx, dtype=F64)
     check_tensor(got["out"], expected, f"GPT({name})(idx (2, 7))", tol=tol, mistakes=lambda: known)
-    got = worker.call("@gpt_forward", CONFIGS[name], state, single, dtype=F64)
+    got = worker.adapters.gpt.forward(CONFIGS[name], state, single, dtype=F64)
     check_tensor(got["out"], expected_single, f"GPT({name})(idx (1, 1))", tol=tol)
 
 
@@ -129,7 +129,7 @@ def test_public_gpt_weight_tying(worker, reference, name):
                 [(wrong, after_one_step(retied(model, not tied), idx, targets))]]
 
     state, expected, tol, known = reference(truth)
-    got = worker.call("@gpt_train_step", CONFIGS[name], state, idx, targets, dtype=F64)
+    got = worker.adapters.gpt.train_step(CONFIGS[name], state, idx, targets, dtype=F64)
     check_tensor(got["logits_after"], expected, f"GPT({name}) logits after one AdamW step (tie_weights={tied})",
                  tol=tol, mistakes=lambda: known)
 
@@ -153,10 +153,10 @@ def test_public_gpt_gradients_and_step(worker, reference):
         return [state, {n: p.grad for n, p in model.named_parameters()}, tol, loss, logits_after, s.mistakes.UNTIED]
 
     state, grads, tol, loss, logits_after, untied = reference(truth)
-    got = worker.call("@gpt_forward", CONFIGS[name], state, idx, dtype=F64, grad_output=grad_out)
+    got = worker.adapters.gpt.forward(CONFIGS[name], state, idx, dtype=F64, grad_output=grad_out)
     for n, grad in grads.items():
         hint = f" ({untied}?)" if n == "tok_emb.weight" else ""
         check_tensor(got["param_grads"].get(n), grad, f"gradient of {n}{hint}", tol=tol)
-    got = worker.call("@gpt_train_step", CONFIGS[name], state, idx, targets, dtype=F64)
+    got = worker.adapters.gpt.train_step(CONFIGS[name], state, idx, targets, dtype=F64)
     check_tensor(got["loss"], loss, "cross-entropy before the step", tol=tol)
     check_tensor(got["logits_after"], logits_after, "logits after one AdamW step", tol=tol)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from autograder import static
-from autograder.adapters import probe_next_token
+from autograder.adapters.kv_cache import probe_next_token
 from autograder.compare import angle_tolerance, check_tensor, largest_angle, rope_input_size, tolerance
 from autograder.inputs import randn, random_state_dict
 
@@ -75,7 +75,7 @@ def kv(seed, s):
 
 
 def _session(worker, ops):
-    got = worker.call("@kv_cache_session", CACHE, ops)
+    got = worker.adapters.kv_cache.cache_session(CACHE, ops)
     for entry in got["results"]:
         assert "raised" not in entry, f"{entry['op']} raised {entry['raised']}: {entry['message']}"
     return got
@@ -133,7 +133,7 @@ def test_public_cache_crop_reset_overflow(worker):
     assert lengths == [0, 4, 4, 2, 2, 3, 0, 0, 1], f"seq_len after each step: expected [0, 4, 4, 2, 2, 3, 0, 0, 1], got {lengths}"
     check_tensor(got[4]["k"], torch.cat([k1[:, :, :2], k2], dim=2), "k_all after crop(2) and one new position")
     check_tensor(got[7]["k"], k2, "k_all after reset() and one new position")
-    got = worker.call("@kv_cache_session", CACHE, [("update", 0, *kv(1513, 5)), ("update", 0, *kv(1514, 3))])["results"]
+    got = worker.adapters.kv_cache.cache_session(CACHE, [("update", 0, *kv(1513, 5)), ("update", 0, *kv(1514, 3))])["results"]
     assert "raised" not in got[0], f"5 of 7 positions raised {got[0]['raised']}: {got[0]['message']}"
     assert got[1].get("raised") == "ValueError", (
         f"5 + 3 positions in a cache of 7 should raise ValueError; "
@@ -162,7 +162,7 @@ def test_public_cached_steps_equal_a_full_forward(worker, reference, name):
         return [state, expected, restart, _tolerance(model, lambda: model(full), full.shape[1] - 1)]
 
     state, expected, restart, tol = reference(truth)
-    got = worker.call("@gpt_cached_logits", CONFIGS[name], state, prompt, steps, dtype=F64)
+    got = worker.adapters.kv_cache.cached_logits(CONFIGS[name], state, prompt, steps, dtype=F64)
     assert not got["raised"], f"running GPT({name}) with your KVCache raised {got['raised']}"
     logits = got["logits"]
     assert isinstance(logits, list) and len(logits) == 4, "expected the logits of 4 calls"
@@ -201,7 +201,7 @@ def _step_case(worker, reference, name, seed):
         return [state, layers, logits, stored, _tolerance(model, step_on, n)]
 
     state, layers, logits, stored, tol = reference(truth)
-    got = worker.call("@gpt_step_on_cache", CONFIGS[name], state, layers, step, dtype=F64)
+    got = worker.adapters.kv_cache.step_on_cache(CONFIGS[name], state, layers, step, dtype=F64)
     return got, logits, stored, tol
 
 
@@ -246,7 +246,7 @@ def test_public_greedy_generation(worker, reference, use_cache):
         return [state, s.kv_cache.generate(model, idx, 8, use_cache=False)]
 
     state, expected = reference(truth)
-    got = worker.call("@gpt_generate", CONFIGS[name], state, idx, 8, dtype=F64, use_cache=use_cache)
+    got = worker.adapters.kv_cache.generate(CONFIGS[name], state, idx, 8, dtype=F64, use_cache=use_cache)
     check_tensor(got["tokens"], expected, f"generate(GPT({name}), prompt (2, 4), 8, use_cache={use_cache})")
 
 
@@ -271,7 +271,7 @@ def test_public_generation_feeds_one_token_per_step(worker, use_cache):
     """with the cache the prompt runs once and every later call gets exactly one token; without it every
     call gets the whole sequence (a probe model whose tokens reveal how it was called)."""
     prompt = torch.randint(0, PROBE["vocab_size"], (1, 4), generator=torch.Generator().manual_seed(1560))
-    got = worker.call("@generate_on_probe", PROBE, prompt, 4, use_cache=use_cache)
+    got = worker.adapters.kv_cache.generate_on_probe(PROBE, prompt, 4, use_cache=use_cache)
     expected = probe_tokens(prompt, 4)
     ok = isinstance(got, torch.Tensor) and got.shape == expected.shape
     hint = f": {PROMPT_RERUN}" if use_cache and ok and torch.equal(got[:, 5:], probe_tokens(prompt, 4, 1)[:, 5:]) else ""
@@ -290,7 +290,7 @@ N = 20_000  # draws per check, as one batch of identical rows
 
 
 def draws(worker, seed, logits=LOGITS, **kwargs):
-    out = worker.call("@sample", logits.expand(N, -1).contiguous(), seed=seed, **kwargs)
+    out = worker.adapters.kv_cache.sample(logits.expand(N, -1).contiguous(), seed=seed, **kwargs)
     assert isinstance(out, torch.Tensor) and out.shape == (N,), (
         f"sample_next_token(logits ({N}, {logits.shape[-1]})) should return ({N},) token ids; got "
         f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}")
@@ -303,7 +303,7 @@ def draws(worker, seed, logits=LOGITS, **kwargs):
 def test_public_sampling_greedy(worker):
     """temperature 0 is argmax, row by row."""
     logits = randn(4, 9, seed=1561, dtype=torch.float32, scale=3.0)
-    check_tensor(worker.call("@sample", logits, temperature=0.0), logits.argmax(-1),
+    check_tensor(worker.adapters.kv_cache.sample(logits, temperature=0.0), logits.argmax(-1),
                  "sample_next_token(logits (4, 9), temperature=0)")
 
 

@@ -38,7 +38,7 @@ def _module_check(worker, reference, cls, init, x, what, seed, mistake_fn=None, 
         return [state, out, list(mistake_fn(s, state, x)) if mistake_fn else None]
 
     state, expected, known = reference(truth)
-    got = worker.call("@module_forward", f"layers.{cls}", init, state, [x],
+    got = worker.adapters.module_forward(f"layers.{cls}", init, state, [x],
                       dtype=x.dtype if x.dtype in (F64, F32) else None, **call)
     check_tensor(got["out"], expected, what, dtype=x.dtype, n_terms=n_terms or x.shape[-1], magnitude=magnitude,
                  mistakes=(lambda: known) if known is not None else None)
@@ -54,7 +54,7 @@ def test_public_parameters(worker, reference, cls, init):
     """the modules have the API's parameter names and shapes (RMSNorm and SwiGLU have no bias)."""
     expected = reference(lambda s: {n: list(p.shape) for n, p in getattr(s.layers, cls)(**init).named_parameters()})
     expected = {n: tuple(shape) for n, shape in expected.items()}
-    got = worker.call("@module_parameters", f"layers.{cls}", init)
+    got = worker.adapters.module_parameters(f"layers.{cls}", init)
     params = {name: tuple(info["shape"]) for name, info in got["parameters"].items()}
     assert params == expected, f"{cls}({init}) parameters: expected {expected}, got {params}"
 
@@ -117,7 +117,7 @@ def test_public_norm_bfloat16(worker, reference, cls):
             return [state, module(x.double())]
 
     state, expected = reference(truth)
-    got = worker.call("@module_forward", f"layers.{cls}", {"d": 16}, state, [x], dtype=BF16)
+    got = worker.adapters.module_forward(f"layers.{cls}", {"d": 16}, state, [x], dtype=BF16)
     check_tensor(got["out"], expected, f"{cls}(16).to(bfloat16)(x in bfloat16)", dtype=BF16, n_terms=16,
                  magnitude=cancellation(x, 1e-5) if cls == "LayerNorm" else 4.0)
 
@@ -139,7 +139,7 @@ def test_public_norm_gradients(worker, reference, cls):
         return [state, x_.grad, {n: p.grad for n, p in module.named_parameters()}]
 
     state, dx, param_grads = reference(truth)
-    got = worker.call("@module_forward", f"layers.{cls}", {"d": 6}, state, [x], dtype=F64, grad_output=grad_out)
+    got = worker.adapters.module_forward(f"layers.{cls}", {"d": 6}, state, [x], dtype=F64, grad_output=grad_out)
     amplification = cancellation(x, 1e-5) if cls == "LayerNorm" else 4.0
     check_tensor(got["input_grads"][0], dx, f"d{cls}(x)/dx", n_terms=6, magnitude=amplification)
     for name, grad in param_grads.items():

@@ -64,7 +64,7 @@ def test_public_mla_forward(worker, reference, absorb):
     x = randn(2, 5, CONFIG["d_model"], seed=1701, dtype=F64)
     positions = torch.tensor([0, 2, 3, 6, 7])
     expected, state, size = reference(lambda s: _truth(s, 1702, x, positions=positions))
-    got = worker.call("@module_forward", MLA, CONFIG, state, [x], {"positions": positions, "absorb": absorb}, dtype=F64)
+    got = worker.adapters.module_forward(MLA, CONFIG, state, [x], {"positions": positions, "absorb": absorb}, dtype=F64)
     check_tensor(got["out"], expected, f"MultiHeadLatentAttention(x (2, 5), absorb={absorb})", tol=_tol(size, 7))
 
 
@@ -81,7 +81,7 @@ def test_public_mla_cache_update(worker):
     """update appends along the sequence axis (dim 1) and returns everything stored; seq_len counts steps."""
     (l1, r1), (l2, r2) = entries(1703, 2), entries(1704, 1)
     ops = [("update", 0, l1, r1), ("update", 1, l1, r1), ("update", 0, l2, r2), ("update", 1, l2, r2)]
-    got = worker.call("@mla.mla_cache_session", CACHE, ops)["results"]
+    got = worker.adapters.mla.mla_cache_session(CACHE, ops)["results"]
     for entry in got:
         assert "raised" not in entry, f"{entry['op']} raised {entry['raised']}: {entry['message']}"
     check_tensor(got[2]["latent"], torch.cat([l1, l2], dim=1), "latent_all after updates of 2 and 1 positions")
@@ -96,7 +96,7 @@ def test_public_mla_cached_decoding(worker, reference):
     """a prefill of 3 tokens and 2 one-token steps through your MLACache give one full forward's output."""
     full = randn(1, 5, CONFIG["d_model"], seed=1705, dtype=F64)
     expected, state, size = reference(lambda s: _truth(s, 1706, full))
-    got = worker.call("@mla.mla_cached_outputs", CONFIG, state, full[:, :3], [full[:, 3:4], full[:, 4:5]], dtype=F64)
+    got = worker.adapters.mla.mla_cached_outputs(CONFIG, state, full[:, :3], [full[:, 3:4], full[:, 4:5]], dtype=F64)
     outputs = got["outputs"]
     assert isinstance(outputs, list) and len(outputs) == 3, "expected the outputs of 3 calls (prefill + 2 steps)"
     check_tensor(torch.cat(outputs, dim=1), expected, "prefill of 3 + 2 cached steps", tol=_tol(size, 4))

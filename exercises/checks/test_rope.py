@@ -119,7 +119,7 @@ def test_public_apply_rope_bfloat16(worker, reference):
 @pytest.mark.mirrors("apply_rope_odd_head_dim_raises")
 def test_public_apply_rope_odd_head_dim(worker):
     """an odd head_dim raises ValueError (there is no pair for the last dim)."""
-    raised = worker.call("@raised", "rope.apply_rope", [randn(3, 5, seed=1111, dtype=F32), torch.arange(3)])
+    raised = worker.adapters.raised("rope.apply_rope", [randn(3, 5, seed=1111, dtype=F32), torch.arange(3)])
     assert raised != "NotImplementedError", "not implemented: apply_rope raised NotImplementedError"
     assert raised == "ValueError", (f"apply_rope(x with head_dim 5, ...) should raise ValueError; "
                                     f"{'it raised ' + raised if raised else 'it returned a value'}")
@@ -189,7 +189,7 @@ def test_public_attention_applies_rope(worker, reference, positions):
     if positions == "per-sequence":
         kwargs["positions"] = uneven_positions(2, 5, seed=1116)
     expected, tol = _mha_reference(reference, state, x, **kwargs)
-    got = worker.call("@module_forward", "attention.MultiHeadAttention", ROPE_MHA, state, [x], kwargs, dtype=F64)
+    got = worker.adapters.module_forward("attention.MultiHeadAttention", ROPE_MHA, state, [x], kwargs, dtype=F64)
     check_tensor(got["out"], expected, f"MultiHeadAttention({ROPE_MHA})(x, positions={positions})", tol=tol)
 
 
@@ -208,7 +208,7 @@ def test_public_attention_rope_with_cache(worker, reference):
         return [raw, s.mistakes.rope_reference(raw, torch.arange(6)), s.mistakes.ROPE_POSITIONS_IGNORED]
 
     raw_keys, keys, ignored = reference(stored_keys)
-    got = worker.call("@attention_with_cache", "attention.MultiHeadAttention", ROPE_MHA, state, prompt, steps,
+    got = worker.adapters.rope.attention_with_cache("attention.MultiHeadAttention", ROPE_MHA, state, prompt, steps,
                       dtype=F64)
     key_tol = angle_tolerance(F64, largest_angle(torch.arange(6)), raw_keys.abs().max().item())
     check_tensor(got["keys"], keys, "keys held by the cache after prefill + 2 steps", tol=key_tol,
@@ -226,6 +226,6 @@ def test_public_attention_cross_attention_has_no_rope(worker, reference):
     state = _weights(reference, 1121)
     x, context = randn(1, 4, 16, seed=1122, dtype=F64), randn(1, 4, 16, seed=1123, dtype=F64)
     expected, _ = _mha_reference(reference, state, x, context=context)
-    got = worker.call("@module_forward", "attention.MultiHeadAttention", ROPE_MHA, state, [x], {"context": context},
+    got = worker.adapters.module_forward("attention.MultiHeadAttention", ROPE_MHA, state, [x], {"context": context},
                       dtype=F64)
     check_tensor(got["out"], expected, f"MultiHeadAttention({ROPE_MHA})(x, context=context)")

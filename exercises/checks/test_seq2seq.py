@@ -45,7 +45,7 @@ def test_public_parameters(worker, reference, cls):
     name, init = (("Seq2SeqTransformer", {**MODEL, "prenorm": True}) if cls.startswith("Seq2Seq") else (cls, LAYER))
     expected = reference(lambda s: {n: list(p.shape) for n, p in getattr(s.seq2seq, name)(**init).named_parameters()})
     expected = {n: tuple(shape) for n, shape in expected.items()}
-    got = worker.call("@module_parameters", f"seq2seq.{name}", init)
+    got = worker.adapters.module_parameters(f"seq2seq.{name}", init)
     params = {n: tuple(info["shape"]) for n, info in got["parameters"].items()}
     assert params == expected, (f"{name} parameters differ: missing {sorted(set(expected) - set(params))}, "
                                 f"unexpected {sorted(set(params) - set(expected))}")
@@ -69,7 +69,7 @@ def test_public_encoder_layer(worker, reference, prenorm):
             return [state, module(x, src_key_padding_mask=pad), wrong]
 
     state, expected, wrong = reference(truth)
-    got = worker.call("@module_forward", "seq2seq.EncoderLayer", {**LAYER, "prenorm": prenorm}, state, [x],
+    got = worker.adapters.module_forward("seq2seq.EncoderLayer", {**LAYER, "prenorm": prenorm}, state, [x],
                       {"src_key_padding_mask": pad}, dtype=F64)
     check_tensor(got["out"], expected, f"EncoderLayer(prenorm={prenorm})(x, padding)", n_terms=40, magnitude=8.0,
                  mistakes=lambda: wrong)
@@ -90,7 +90,7 @@ def test_public_decoder_layer(worker, reference, prenorm):
             return [state, module(y, memory, **kwargs), [(PRE_POST[not prenorm], swapped(y, memory, **kwargs))]]
 
     state, expected, wrong = reference(truth)
-    got = worker.call("@module_forward", "seq2seq.DecoderLayer", {**LAYER, "prenorm": prenorm}, state, [y, memory],
+    got = worker.adapters.module_forward("seq2seq.DecoderLayer", {**LAYER, "prenorm": prenorm}, state, [y, memory],
                       kwargs, dtype=F64)
     check_tensor(got["out"], expected, f"DecoderLayer(prenorm={prenorm})(y, memory, masks)", n_terms=40,
                  magnitude=8.0, mistakes=lambda: wrong)
@@ -142,7 +142,7 @@ def test_public_model_logits(worker, reference, prenorm):
 
     state, expected, unscaled = reference(truth)
     for extra in ({}, {"dropout": 0.2}):
-        got = worker.call("@module_forward", "seq2seq.Seq2SeqTransformer", {**MODEL, "prenorm": prenorm, **extra},
+        got = worker.adapters.module_forward("seq2seq.Seq2SeqTransformer", {**MODEL, "prenorm": prenorm, **extra},
                           state, [src, tgt], dtype=F64)
         check_tensor(got["out"], expected, f"Seq2SeqTransformer(prenorm={prenorm}, {extra})(src, tgt)",
                      tol=model_tolerance(src, tgt), mistakes=lambda: [(NO_EMBED_SCALE, unscaled)])
@@ -157,7 +157,7 @@ def test_public_padding_and_causality(worker, reference):
     init = {**MODEL, "prenorm": False}
 
     def logits(source, target):
-        return worker.call("@module_forward", "seq2seq.Seq2SeqTransformer", init, state, [source, target],
+        return worker.adapters.module_forward("seq2seq.Seq2SeqTransformer", init, state, [source, target],
                            dtype=F64)["out"]
 
     a = logits(src, tgt)
@@ -184,7 +184,7 @@ def test_public_cross_attention_reads_the_encoder(worker, reference):
             return [state, module.decode(tgt, memory, src)]
 
     state, expected = reference(truth)
-    got = worker.call("@module_method", "seq2seq.Seq2SeqTransformer", {**MODEL, "prenorm": False}, state, "decode",
+    got = worker.adapters.module_method("seq2seq.Seq2SeqTransformer", {**MODEL, "prenorm": False}, state, "decode",
                       [tgt, memory, src], dtype=F64)
     check_tensor(got, expected, "decode(tgt, a given memory, src)", tol=model_tolerance(tgt))
 
@@ -201,7 +201,7 @@ def test_public_greedy_decode(worker, reference):
         return [state, eos, module.greedy_decode(src, 1, eos, 9)]
 
     state, eos, expected = reference(truth)
-    got = worker.call("@module_method", "seq2seq.Seq2SeqTransformer", {**MODEL, "prenorm": False}, state,
+    got = worker.adapters.module_method("seq2seq.Seq2SeqTransformer", {**MODEL, "prenorm": False}, state,
                       "greedy_decode", [src, 1, eos, 9], dtype=F64)
     check_tensor(got, expected, f"greedy_decode(src, bos_id=1, eos_id={eos}, max_len=9)")
 
@@ -223,7 +223,7 @@ def test_public_padding_follows_pad_id(worker, reference):
         return [state, expected, [(s.mistakes.seq2seq.PADDING_FROM_ZERO, literal_zero)]]
 
     state, expected, known = reference(truth)
-    got = worker.call("@module_forward", "seq2seq.Seq2SeqTransformer", {**MODEL, "prenorm": False, "pad_id": 4},
+    got = worker.adapters.module_forward("seq2seq.Seq2SeqTransformer", {**MODEL, "prenorm": False, "pad_id": 4},
                       state, [src, tgt], dtype=F64)
     check_tensor(got["out"], expected, "Seq2SeqTransformer(pad_id=4)(src, tgt)", tol=model_tolerance(src, tgt),
                  mistakes=lambda: known)

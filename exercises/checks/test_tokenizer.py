@@ -17,7 +17,7 @@ def _named(actual, expected, mistakes):
 
 
 def _train(worker, text, vocab_size, specials=()):
-    got = worker.call("@tokenizer.train", TRAIN, text, vocab_size, list(specials))
+    got = worker.adapters.tokenizer.train(TRAIN, text, vocab_size, list(specials))
     return {i: h for i, h in got["vocab"]}, [list(pair) for pair in got["merges"]]
 
 
@@ -95,13 +95,13 @@ def test_public_encode_in_merge_order(worker, reference):
     vocab = _hand_vocab(RANKED)
     texts = ["bcd", "bcd bcd", "cdcd bc", "bcbcd"]
     expected = reference(lambda s: [s.tokenizer.BPETokenizer(vocab, RANKED).encode(t) for t in texts])
-    got = worker.call("@tokenizer.encode", TOKENIZER, *_wire(vocab, RANKED), [], texts)
+    got = worker.adapters.tokenizer.encode(TOKENIZER, *_wire(vocab, RANKED), [], texts)
     for text, ids, want in zip(texts, got, expected):
         assert ids.tolist() == want, (f"encode({text!r}) with merges {RANKED}: got {ids.tolist()}, expected {want} "
                                       f"(in 'bcd' the merge (c, d) has rank 0, so it applies first)")
     # "x y" is two pre-tokens, "x" and " y": the merge (x, " ") never applies
     apart = [(b"x", b" "), (b" ", b"y")]
-    (ids,) = worker.call("@tokenizer.encode", TOKENIZER, *_wire(_hand_vocab(apart), apart), [], ["x y"])
+    (ids,) = worker.adapters.tokenizer.encode(TOKENIZER, *_wire(_hand_vocab(apart), apart), [], ["x y"])
     assert ids.tolist() == [ord("x"), 257], (f"encode('x y') with merges {apart}: got {ids.tolist()}, expected "
                                              f"[120, 257] ('x' and ' y': merges never join two pre-tokens)")
 
@@ -114,7 +114,7 @@ def test_public_special_tokens(worker, reference):
     vocab, merges, expected = reference(lambda s: _special_truth(s, texts))
     vocab = {int(i): bytes.fromhex(h) for i, h in vocab.items()}
     merges = [(bytes.fromhex(a), bytes.fromhex(b)) for a, b in merges]
-    got = worker.call("@tokenizer.encode", TOKENIZER, *_wire(vocab, merges), [EOS, EOS2], texts)
+    got = worker.adapters.tokenizer.encode(TOKENIZER, *_wire(vocab, merges), [EOS, EOS2], texts)
     for text, ids, want in zip(texts, got, expected):
         assert ids.tolist() == want, f"encode({text!r}) with special tokens [{EOS!r}, {EOS2!r}]: got {ids.tolist()}, expected {want}"
 
@@ -132,10 +132,10 @@ def test_public_decode_and_round_trip(worker):
     """decode joins the bytes, then decodes with errors='replace'; decode(encode(t)) == t."""
     vocab = _hand_vocab(RANKED)
     texts = ["한국어 텍스트", "tabs\t\tand  spaces  ", "é vs e\u0301", "🙂👍🏽", ""]
-    got = worker.call("@tokenizer.round_trip", TOKENIZER, *_wire(vocab, RANKED), [], texts)
+    got = worker.adapters.tokenizer.round_trip(TOKENIZER, *_wire(vocab, RANKED), [], texts)
     for text, result in zip(texts, got):
         assert result["text"] == text, f"decode(encode({text!r})) gave {result['text']!r}"
     cases = {(0xED, 0x95, 0x9C): "한", (0xED, 0x95): "\ufffd", (0x41, 0xFF): "A\ufffd"}
-    got = worker.call("@tokenizer.decode", TOKENIZER, *_wire(vocab, RANKED), [], [list(c) for c in cases])
+    got = worker.adapters.tokenizer.decode(TOKENIZER, *_wire(vocab, RANKED), [], [list(c) for c in cases])
     for ids, text in zip(cases, got):
         assert text == cases[ids], f"decode({list(ids)}): got {text!r}, expected {cases[ids]!r}"

@@ -23,7 +23,7 @@ def _known(s):
 def _loss_check(worker, reference, logits, targets, what):
     expected = F.cross_entropy(logits.double().flatten(0, -2), targets.flatten())
     known = reference.mistakes(lambda s: _known(s).cross_entropy_mistakes(logits, targets))
-    got = worker.call("@training.cross_entropy", logits, targets)
+    got = worker.adapters.training.cross_entropy(logits, targets)
     check_tensor(got, expected, what, dtype=logits.dtype, n_terms=logits.shape[-1],
                  magnitude=logits.abs().max().item(), mistakes=known)
 
@@ -61,7 +61,7 @@ def test_public_adamw_three_steps_equal_torch(worker, reference):
     spec = _spec(3)
     expected = optimizer_trajectory(lambda p, **kw: torch.optim.AdamW(p, foreach=False, **kw), spec)
     known = reference.mistakes(lambda s: [(text, run["params"]) for text, run in _known(s).adamw_trajectories(spec)])
-    got = worker.call("@training.adamw_trajectory", spec)
+    got = worker.adapters.training.adamw_trajectory(spec)
     # float64 rounding of a few steps (see the hidden suite's trajectory tolerance)
     check_tensor(got["params"], expected["params"], "AdamW: parameters after each step (row = step)",
                  tol=spec["steps"] * tolerance(F64, n_terms=8), mistakes=known)
@@ -71,7 +71,7 @@ def test_public_adamw_three_steps_equal_torch(worker, reference):
 @pytest.mark.mirrors("adamw_state")
 def test_public_adamw_state_has_the_api_names(worker):
     """after a step each parameter's state holds step, exp_avg and exp_avg_sq."""
-    got = worker.call("@training.adamw_trajectory", _spec(1))
+    got = worker.adapters.training.adamw_trajectory(_spec(1))
     for name, state in got["state"].items():
         missing = [k for k in ("step", "exp_avg", "exp_avg_sq") if k not in state]
         assert not missing, f"the state of {name} has keys {state['keys']}; missing {missing}"
@@ -87,7 +87,7 @@ def test_public_schedule_from_0_to_12(worker, reference):
     expected = reference(lambda s: torch.tensor([float(s.training.lr_cosine_schedule(t, **kw)) for t in steps],
                                                 dtype=F64))
     known = reference.mistakes(lambda s: _known(s).schedule_mistakes(steps, **kw))
-    got = worker.call("@training.schedule", steps, **kw)
+    got = worker.adapters.training.schedule(steps, **kw)
     check_tensor(got["values"], expected, "lr_cosine_schedule(step, 1.0, 0.2, 4, 10) at steps 0..12",
                  mistakes=known)
 
@@ -102,7 +102,7 @@ def test_public_clipping_uses_one_norm(worker, reference):
         p.grad = g.clone()
     norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
     known = reference.mistakes(lambda s: _known(s).clip_mistakes(grads, 1.0))
-    got = worker.call("@training.clip", grads, 1.0)
+    got = worker.adapters.training.clip(grads, 1.0)
     check_tensor(got["norm"], norm.float(), "the returned norm (before clipping)", dtype=F32)
     check_tensor(torch.cat(got["grads"]), torch.cat([p.grad for p in params]), "the gradients after clipping",
                  mistakes=known)
@@ -114,7 +114,7 @@ def test_public_batches_are_shifted_windows(worker, reference):
     """get_batch(data, 4, 6): (4, 6) long windows at torch.randint's starts, y = x shifted by one."""
     data = torch.arange(100, 130)
     x, y = reference(lambda s: s.training.get_batch(data, 4, 6, generator=torch.Generator().manual_seed(3)))
-    got = worker.call("@training.get_batch", data, 4, 6, 3)
+    got = worker.adapters.training.get_batch(data, 4, 6, 3)
     assert "raised" not in got, f"get_batch raised {got.get('raised')}"
     check_tensor(got["x"], x, "x")
     check_tensor(got["y"], y, "y (x shifted by one)")
@@ -138,12 +138,12 @@ def test_public_loss_ignore_index_half_and_by_hand(worker, reference):
     targets = torch.tensor([[3, 1], [0, 3], [5, 2], [3, 4]])
     expected = F.cross_entropy(logits.flatten(0, -2), targets.flatten(), ignore_index=3)
     known = reference.mistakes(lambda s: _known(s).cross_entropy_mistakes(logits, targets, 3))
-    got = worker.call("@training.cross_entropy", logits, targets, ignore_index=3)
+    got = worker.adapters.training.cross_entropy(logits, targets, ignore_index=3)
     check_tensor(got, expected, "cross_entropy(logits (4, 2, 6), targets, ignore_index=3)", n_terms=6,
                  magnitude=logits.abs().max().item(), mistakes=known)
     half = randn(3, 7, seed=132, dtype=torch.float16, scale=2.0)
     half_targets = torch.tensor([1, 6, 0])
-    check_tensor(worker.call("@training.cross_entropy", half, half_targets),
+    check_tensor(worker.adapters.training.cross_entropy(half, half_targets),
                  F.cross_entropy(half.double(), half_targets), "cross_entropy(logits in float16)",
                  dtype=torch.float16, n_terms=7, magnitude=half.abs().max().item())
 
@@ -155,7 +155,7 @@ def _spec_with(steps, **extra):
 def _check_run(worker, reference, spec, what):
     expected = optimizer_trajectory(lambda p, **kw: torch.optim.AdamW(p, foreach=False, **kw), spec)
     known = reference.mistakes(lambda s: [(text, run["params"]) for text, run in _known(s).adamw_trajectories(spec)])
-    got = worker.call("@training.adamw_trajectory", spec)
+    got = worker.adapters.training.adamw_trajectory(spec)
     assert got["names"] == expected["names"], f"{what}: the parameters came back as {got['names']}"
     check_tensor(got["params"], expected["params"], f"{what}: parameters after each step (row = step)",
                  tol=spec["steps"] * tolerance(F64, n_terms=8), mistakes=known)
@@ -211,7 +211,7 @@ def test_public_adamw_closure_and_by_hand(worker):
                                 "the exercise asks you to write the AdamW update yourself")
     spec = _spec_with(1, kwargs=dict(lr=0.02))
     expected = optimizer_trajectory(lambda p, **kw: torch.optim.AdamW(p, foreach=False, **kw), spec)
-    got = worker.call("@training.adamw_closure", spec["init"], spec["x"], spec["y"], dict(lr=0.02))
+    got = worker.adapters.training.adamw_closure(spec["init"], spec["x"], spec["y"], dict(lr=0.02))
     assert got["returned"] is not None, "step(closure) returned None; it must return the closure's loss"
     check_tensor(got["returned"], expected["losses"][0], "the loss step(closure) returned")
     check_tensor(got["params"], expected["params"][1], "the parameters after step(closure)",
@@ -222,7 +222,7 @@ def test_public_adamw_closure_and_by_hand(worker):
 @pytest.mark.mirrors("schedule_returns_float")
 def test_public_schedule_returns_float(worker):
     """lr_cosine_schedule returns a Python float (an optimizer's group['lr'] is a number)."""
-    got = worker.call("@training.schedule", [0, 2, 5, 9], max_lr=1.0, min_lr=0.1, warmup_steps=3, total_steps=8)
+    got = worker.adapters.training.schedule([0, 2, 5, 9], max_lr=1.0, min_lr=0.1, warmup_steps=3, total_steps=8)
     wrong = sorted({t for t in got["types"] if t not in ("float", "int")})
     assert not wrong, f"lr_cosine_schedule returned {wrong[0]}, expected a float"
 
@@ -246,7 +246,7 @@ def test_public_clipping_eps_none_and_below_max(worker, reference):
     kept = [g for g in grads if g is not None]
     norm = torch.cat([g.reshape(-1) for g in kept]).norm()
     known = reference.mistakes(lambda s: _known(s).clip_mistakes(grads, 1.0, 0.4))
-    got = worker.call("@training.clip", grads, 1.0, with_eps=0.4)
+    got = worker.adapters.training.clip(grads, 1.0, with_eps=0.4)
     returned = got["grads"]
     assert isinstance(returned, list) and len(returned) == 3 and returned[1] is None and returned[0] is not None, (
         "clip_grad_norm_ must leave a parameter without a gradient as it is (grad None) and clip the others")
@@ -257,7 +257,7 @@ def test_public_clipping_eps_none_and_below_max(worker, reference):
                  n_terms=10, mistakes=known)
     small = [randn(5, seed=143, dtype=F64, scale=0.05), randn(2, 2, seed=144, dtype=F64, scale=0.05)]
     norm, expected = _torch_clip(small, 3.0)
-    got = worker.call("@training.clip", small, 3.0)
+    got = worker.adapters.training.clip(small, 3.0)
     check_tensor(torch.cat([r.reshape(-1) for r in got["grads"]]), torch.cat([g.reshape(-1) for g in expected]),
                  f"gradients of norm {norm.item():.3f} with max_norm 3 (left as they are)", n_terms=9)
 
@@ -269,7 +269,7 @@ def test_public_batches_reach_every_start(worker, reference):
     data = torch.arange(500, 509)
     x, y = reference(lambda s: s.training.get_batch(data, 200, 4, generator=torch.Generator().manual_seed(7)))
     known = reference.mistakes(lambda s: _known(s).batch_mistakes(data, 200, 4, 7))
-    got = worker.call("@training.get_batch", data, 200, 4, 7)
+    got = worker.adapters.training.get_batch(data, 200, 4, 7)
     assert "raised" not in got, (f"get_batch raised {got.get('raised')}; every start drawn from "
                                  f"randint(len(data) - context_length) leaves a full window and its targets")
     check_tensor(got["x"], x, "get_batch(9 tokens, 200, 4): x", mistakes=known)
