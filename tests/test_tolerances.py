@@ -230,10 +230,7 @@ def test_block_and_gpt_mistakes_are_far_outside_the_angle_tolerance():
 def _seq2seq(prenorm):
     module = ref_seq2seq.Seq2SeqTransformer(src_vocab=23, tgt_vocab=19, d_model=24, n_heads=4, n_layers=2, d_ff=40,
                                             max_len=32, prenorm=prenorm).double().eval()
-    state = random_state_dict(module, seed=6, std=0.3)
-    for key in state:
-        if "norm" in key and key.endswith("weight"):
-            state[key] = 1 + state[key]
+    state = random_state_dict(module, seed=6, std=0.3, norm_gains_near_one=True)
     module.load_state_dict(state)
     g = torch.Generator().manual_seed(7)
     src, tgt = torch.randint(1, 23, (3, 8), generator=g), torch.randint(1, 19, (3, 6), generator=g)

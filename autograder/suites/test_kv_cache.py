@@ -30,12 +30,9 @@ CONFIGS = {
 def reference(name, seed):
     config = CONFIGS[name]
     model = GPT(GPTConfig(**{**config, "block": BlockConfig(**config["block"])})).double()
-    state = random_state_dict(model, seed=seed, std=0.3)
-    for key in state:
-        # norm weights around 1, not 0: near-zero gains collapse a random GPT-2 onto one
-        # token, and greedy tokens that never change cannot tell a broken cache apart
-        if key.endswith(("norm1.weight", "norm2.weight", "norm_f.weight")):
-            state[key] = 1 + state[key]
+    # norm gains near 1: near-zero gains collapse a random GPT-2 onto one token, and greedy
+    # tokens that never change cannot tell a broken cache apart
+    state = random_state_dict(model, seed=seed, std=0.3, norm_gains_near_one=True)
     if model.config.tie_weights:
         state["lm_head.weight"] = state["tok_emb.weight"]
     model.load_state_dict(state)

@@ -30,11 +30,8 @@ CONFIGS = {
 def _model(s, name, seed):
     config = CONFIGS[name]
     model = s.gpt.GPT(s.gpt.GPTConfig(**{**config, "block": s.decoder_block.BlockConfig(**config["block"])})).double()
-    state = random_state_dict(model, seed=seed, std=0.3)
-    for key in state:
-        # norm weights around 1: near-zero gains collapse a random model onto one token
-        if key.endswith(("norm1.weight", "norm2.weight", "norm_f.weight")):
-            state[key] = 1 + state[key]
+    # norm gains near 1: near-zero gains collapse a random model onto one token
+    state = random_state_dict(model, seed=seed, std=0.3, norm_gains_near_one=True)
     if model.config.tie_weights:
         state["lm_head.weight"] = state["tok_emb.weight"]
     model.load_state_dict(state)

@@ -19,10 +19,7 @@ CONFIG = dict(d_model=24, n_heads=3, kv_lora_rank=8, qk_nope_head_dim=4, qk_rope
 
 def _module(s, seed):
     module = s.mla.MultiHeadLatentAttention(**CONFIG).double()
-    state = random_state_dict(module, seed=seed, std=0.3)
-    for key in state:
-        if key.endswith("layernorm.weight"):
-            state[key] = 1 + state[key]  # gains near 1
+    state = random_state_dict(module, seed=seed, std=0.3, norm_gains_near_one=True)
     module.load_state_dict(state)
     return module.eval(), state
 

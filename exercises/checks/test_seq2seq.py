@@ -19,11 +19,7 @@ LAYER = {"d_model": 16, "n_heads": 4, "d_ff": 24}
 
 
 def weights(module, seed):
-    state = random_state_dict(module, seed=seed, std=0.3)
-    for key in state:
-        if key.endswith(("norm1.weight", "norm2.weight", "norm3.weight", "enc_norm.weight", "dec_norm.weight")):
-            state[key] = 1 + state[key]  # gains around 1 keep a random stack informative
-    return state
+    return random_state_dict(module, seed=seed, std=0.3, norm_gains_near_one=True)
 
 
 def _layer(s, cls, prenorm, state=None, seed=None):
