@@ -236,13 +236,16 @@ def _mib(value) -> str:
     return f"{value / MiB:9.1f}" if isinstance(value, int) else f"{'failed':>9}"
 
 
-def bench_flash(console: Console, lengths=FLASH_MEMORY_LENGTHS, d: int = 64, repeats: int = 5) -> None:
+def bench_flash(console: Console, lengths=FLASH_MEMORY_LENGTHS, d: int = 64, repeats: int = 5,
+                n: int = 4096) -> None:
     """Forward and backward time of naive attention, the reference FlashAttention and torch
-    SDPA (causal, float32, 2 threads), ratios against the goals; then peak memory per length."""
+    SDPA (causal, float32, 2 threads), ratios against the goals (set at n = 4096); then peak
+    memory per length."""
     load = os.getloadavg()[0]
     console.print(f"flash attention, causal, float32, d={d}, 2 threads, best of {repeats} interleaved rounds "
                   f"(load average {load:.1f} on {os.cpu_count()} CPUs: other processes slow every variant)")
-    speed = flash_speed(repeats=repeats)
+    configs = [(f"b={b} h={h} n={n}", b, h, n, d) for _, b, h, _, _ in FLASH_SPEED_CONFIGS]
+    speed = flash_speed(configs, repeats=repeats)
     for label, row in speed.items():
         (nf, nb), (rf, rb), (sf, sb) = row["naive"], row["reference"], row["SDPA"]
         most_sdpa, least_naive = FLASH_GOALS.get(label, (None, None))

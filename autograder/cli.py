@@ -149,7 +149,7 @@ def _bench(args) -> int:
     if args.only in (None, "generation"):
         bench.bench_generation(console, new_tokens=args.new_tokens)
     if args.only in (None, "flash"):
-        bench.bench_flash(console, lengths=args.flash_lengths)
+        bench.bench_flash(console, lengths=args.flash_lengths, n=args.flash_n, repeats=args.flash_repeats)
     if args.only == "class":  # minutes: run on its own
         bench.bench_class(console, students=args.students, jobs=args.jobs)
     return 0
@@ -259,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=2, help="parallel graders for --only class")
     p.add_argument("--flash-lengths", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384],
                    help="sequence lengths for the flash benchmark")
+    p.add_argument("--flash-n", type=int, default=4096,
+                   help="sequence length of the flash speed runs (default 4096, where the goals are set)")
+    p.add_argument("--flash-repeats", type=int, default=5, help="interleaved rounds of the flash speed runs")
     p.add_argument("--new-tokens", type=int, default=512, help="tokens to generate (default 512)")
     p.set_defaults(run=_bench)
 

@@ -586,7 +586,7 @@ class Worker:
         """``target`` in a fresh worker whose address space the grader caps from outside
         (``warm_up`` and ``target``: helpers, ``worker.adapters.flash_attention.warm_up``).
 
-        The worker starts anew and runs ``warm_up`` (trusted adapter code that imports none of
+        A sibling worker (its own pool uid, the same limits otherwise) starts and runs ``warm_up`` (trusted adapter code that imports none of
         the submission but pages in the library code the target will use); the grader then
         reads the worker's size from /proc and has the worker lower its own hard RLIMIT_AS
         to that size plus ``budget_bytes`` while still no submission code has run in it (a
@@ -594,20 +594,29 @@ class Worker:
         grader reads the limit back from /proc before going on. The kernel enforces it on
         the worker and on every process it starts, and without CAP_SYS_RESOURCE a hard limit
         cannot be raised again, so nothing the submission does to itself changes the verdict.
-        The worker is ended afterwards: later calls get a fresh one with the usual limits.
+        The sibling is ended afterwards; this worker, with its usual limits, is not touched
+        (so grading goes on without paying for a restart of it).
         """
         warm_up, target = _target_of(warm_up), _target_of(target)
-        self._stop()
+        capped = self._sibling()
         try:
-            self.call(warm_up, timeout=timeout)
-            limit = vm_size_bytes(self.proc.pid) + budget_bytes
-            self.call("@limit_address_space", limit, timeout=timeout)
-            if address_space_limit(self.proc.pid) != limit:
+            capped.call(warm_up, timeout=timeout)
+            limit = vm_size_bytes(capped.proc.pid) + budget_bytes
+            capped.call("@limit_address_space", limit, timeout=timeout)
+            if address_space_limit(capped.proc.pid) != limit:
                 raise SubmissionError("grader error: the worker's memory cap could not be set; please "
                                       "report it to the course staff", "crash")
-            return self.call(target, *args, timeout=timeout, **kwargs)
+            return capped.call(target, *args, timeout=timeout, **kwargs)
         finally:
-            self._stop()
+            self.restarts += capped.restarts
+            capped.close()
+
+    def _sibling(self) -> "Worker":
+        """Another worker for the same submission, with this one's limits and isolation."""
+        return Worker(self.submission, timeout=self.timeout, startup_timeout=self.startup_timeout,
+                      memory_bytes=self.memory_bytes, max_reply_bytes=self.max_reply_bytes,
+                      output_bytes=self.output_bytes, cpu_seconds=self.cpu_seconds,
+                      max_strikes_per_target=self.max_strikes_per_target, drop_privileges=self.drop_privileges)
 
     def call_clean(self, target, /, *args, timeout: float | None = None, **kwargs):
         """``target`` (a helper, ``worker.adapters.flash_attention_triton.triton_replay``) in a
@@ -615,8 +624,7 @@ class Worker:
         process with code the submission ran): started on first use, with the same limits and
         isolation, and closed with this one."""
         if self.clean is None:
-            self.clean = Worker(self.submission, timeout=self.timeout, memory_bytes=self.memory_bytes,
-                                max_reply_bytes=self.max_reply_bytes, drop_privileges=self.drop_privileges)
+            self.clean = self._sibling()
         return self.clean.call(_target_of(target), *args, timeout=timeout, **kwargs)
 
 
