@@ -71,11 +71,19 @@ def pip(*args: str) -> None:
         sys.exit(f"pip install failed (exit {result.returncode}); see the messages above")
 
 
-def torch_pin() -> str | None:
+def pins() -> dict[str, str]:
+    """Package -> its exact requirement (``torch==2.13.0``) in requirements.txt, the one place
+    a version is pinned (the release, Gradescope and Classroom take theirs from it)."""
+    found = {}
     for line in (ROOT / "requirements.txt").read_text().splitlines():
-        if line.split("#")[0].strip().startswith("torch=="):
-            return line.split("#")[0].strip()
-    return None
+        requirement = line.split("#")[0].strip()
+        if "==" in requirement:
+            found[requirement.split("==")[0].strip()] = requirement
+    return found
+
+
+def torch_pin() -> str | None:
+    return pins().get("torch")
 
 
 def ensure_venv() -> None:

@@ -78,14 +78,14 @@ def build(out: Path) -> list[str]:
 
 
 def pins() -> dict[str, str]:
-    """Package -> its exact requirement (``torch==2.13.0``) in the course's requirements.txt,
-    the one place a version is pinned."""
-    found = {}
-    for line in (ROOT / "requirements.txt").read_text().splitlines():
-        requirement = line.split("#")[0].strip()
-        if "==" in requirement:
-            found[requirement.split("==")[0].strip()] = requirement
-    return found
+    """Package -> its exact requirement in the course's requirements.txt, as course.py reads
+    it (the stdlib bootstrap, a file rather than a module of this package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("course_bootstrap", ROOT / "course.py")
+    course = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(course)
+    return course.pins()
 
 
 def student_requirements() -> str:

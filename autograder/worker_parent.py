@@ -24,7 +24,6 @@ import tempfile
 import time
 from pathlib import Path
 
-
 import torch
 
 from .isolation import (LIMITS, MAX_PROCESSES, ROOT, IsolationPlan, UidLease, become_subreaper, drop_to, kill_strays,
@@ -103,8 +102,6 @@ class SubmissionError(Exception):
     def __init__(self, message: str, kind: str):
         super().__init__(message)
         self.kind = kind  # not-implemented | missing | exception | timeout | crash | memory | bad-reply | background
-
-
 
 
 class Worker:
@@ -586,8 +583,9 @@ class Worker:
         """``target`` in a fresh worker whose address space the grader caps from outside
         (``warm_up`` and ``target``: helpers, ``worker.adapters.flash_attention.warm_up``).
 
-        A sibling worker (its own pool uid, the same limits otherwise) starts and runs ``warm_up`` (trusted adapter code that imports none of
-        the submission but pages in the library code the target will use); the grader then
+        A sibling worker (its own pool uid, the same limits otherwise) starts and runs
+        ``warm_up`` (trusted adapter code that imports none of the submission but pages in the
+        library code the target will use); the grader then
         reads the worker's size from /proc and has the worker lower its own hard RLIMIT_AS
         to that size plus ``budget_bytes`` while still no submission code has run in it (a
         container's root often lacks CAP_SYS_RESOURCE, so prlimit on another uid fails). The

@@ -41,6 +41,49 @@ def test_release_requirements_hold_only_what_students_run(student_release):
     assert pins()["torch"] in lines and pins()["triton"] in lines  # the course's own pins, written once
 
 
+def test_release_requirements_cover_what_the_exercises_and_engine_import():
+    """Every third-party module the shipped exercises, public checks and engine import is a
+    requirement of the release (the tokenizer skeleton's ``import regex`` once was not)."""
+    import ast
+    from importlib.metadata import packages_distributions
+
+    from autograder.release import ENGINE, student_requirements
+
+    from importlib.metadata import PackageNotFoundError, requires
+
+    def name_of(requirement):
+        return re.split(r"[ ;<>=!\[~(]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+    required = {name_of(line.split("#")[0]) for line in student_requirements().splitlines() if line.split("#")[0].strip()}
+    todo = list(required)
+    while todo:  # what they install with them (nbgrader brings nbformat)
+        try:
+            needs = requires(todo.pop()) or []
+        except PackageNotFoundError:
+            continue
+        for need in (name_of(r) for r in needs if "extra ==" not in r):
+            if need not in required:
+                required.add(need)
+                todo.append(need)
+    files = [*(ROOT / "exercises").glob("*.py"), *(ROOT / "exercises" / "checks").glob("*.py"),
+             *(ROOT / "autograder" / name for name in ENGINE if name.endswith(".py")),
+             *(ROOT / "autograder" / "adapters").glob("*.py")]
+    ours = {p.stem for p in (ROOT / "solutions").glob("*.py")} | {"autograder", "solutions", "exercises", "course_adapters"}
+    distributions = packages_distributions()
+    missing = set()
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else [])
+            for top in {n.split(".")[0] for n in names}:
+                if top in sys.stdlib_module_names or top in ours:
+                    continue
+                dists = {d.lower().replace("_", "-") for d in distributions.get(top, [top])}
+                if not dists & required:
+                    missing.add(f"{path.relative_to(ROOT)}: {top}")
+    assert not missing, f"imported but not in the release's requirements: {sorted(missing)}"
+
+
 def test_gradescope_and_classroom_read_the_torch_pin_from_requirements():
     """Their install scripts read the pin from requirements.txt (no second copy to go stale):
     the shell pipeline they run gives exactly the course's pin."""
