@@ -13,6 +13,8 @@ FA_NO_RESCALE = ("the accumulator is not rescaled when the running maximum chang
                  "O = diag(exp(m_old - m_new)) O + P V_j")
 FA_L_NO_RESCALE = "the running sum is not rescaled when the maximum changes: l = exp(m_old - m_new) l + rowsum(P)"
 FA_LSE_NO_LOG_L = "lse is missing the log(l) term: lse = m + log(l)"
+FA_LSE_BASE_2 = ("lse is in base 2 (m and l from exp2): convert it to the natural logarithm, "
+                 "lse = (m2 + log2(l)) * ln(2), the units of the scores q k^T / sqrt(d)")
 FA_DIAGONAL = ("the diagonal tile is masked wrongly: a query sees keys at positions <= its own "
                "(n_k - n_q + i), including itself")
 FA_SCALE_TWICE = "the scale 1/sqrt(d) is applied twice"
@@ -61,6 +63,7 @@ def flash_forward_mistakes(q, k, v, is_causal, block_q, block_k, which):
     yield FA_L_NO_RESCALE, flash_reference(q, k, v, **base, rescale_l=False)[which]
     if which == 1:
         yield FA_LSE_NO_LOG_L, flash_reference(q, k, v, **base, log_l=False)[1]
+        yield FA_LSE_BASE_2, flash_reference(q, k, v, **base)[1] / math.log(2)  # exp2 users: lse kept in base 2
     if is_causal:
         yield FA_DIAGONAL, flash_reference(q, k, v, **base, diagonal="strict")[which]
     yield FA_SCALE_TWICE, flash_reference(q, k, v, **base, scale_power=2)[which]
