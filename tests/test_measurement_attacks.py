@@ -19,7 +19,7 @@ from tests.conftest import materialize, results, run_grader
 A, L, K, G = "attention.py", "layers.py", "kv_cache.py", "gpt.py"
 FA, FT = "flash_attention.py", "flash_attention_triton.py"
 
-FLASH_LSE = 'lse = torch.full((q3.shape[0], n_q), float("-inf"), dtype=acc_dtype, device=q.device)'  # before the loop
+FLASH_LSE = "lse = torch.empty(q3.shape[0], n_q, dtype=acc_dtype, device=q.device)"  # before the loop
 TRITON_HOST = "    _check_inputs(q, k, v)\n    b, h, n_q, d = q.shape\n    n_k = k.shape[2]\n"  # the forward's host code
 TRITON_BACKWARD = "        q, k, v, o, lse = ctx.saved_tensors\n"
 TRITON_FAILS = ["triton_kernel_output", "triton_forward_lse", "triton_backward"]  # the backward replays the forward
@@ -44,7 +44,7 @@ ATTACKS = {
         exercise="flash_attention", fails=["memory_stays_linear"],
         edits={FA: [(FLASH_LSE,
                      FLASH_LSE + "\n"
-                     "scores = q3 @ k3.transpose(1, 2)  # the whole n_q x n_k matrix\n"
+                     "scores = q3 @ k_t  # the whole n_q x n_k matrix\n"
                      "del scores\n"
                      "with open('/proc/self/clear_refs', 'w') as f:\n    f.write('5')  # forget the peak")]}),
     # causal skipping: the old test counted FLOPs with FlopCounterMode, which a submission can pop
@@ -53,12 +53,14 @@ ATTACKS = {
         # visits every key block; the ones in the future are computed with elementwise products
         # (no matmul for a FLOP counter to see) and masked, and NaN is scrubbed from k and v
         edits={FA: [("if is_causal:", "if False:"),  # _key_blocks: every key block, future ones too
-                    ("s = q_i @ k3[:, j0:j1].transpose(1, 2)",
+                    ("s = _score_tile(q_i, k_t, i0, i1, j0, j1, n_q, n_k, is_causal, bias_cache)",
                      "future = is_causal and j0 > n_k - n_q + i1 - 1\n"
-                     "k_tile, v_tile = torch.nan_to_num(k3[:, j0:j1]), torch.nan_to_num(v3[:, j0:j1])\n"
-                     "s = (q_i[:, :, None, :] * k_tile[:, None, :, :]).sum(-1) if future else q_i @ k_tile.transpose(1, 2)"),
-                    ("acc = alpha[..., None] * acc + p @ v3[:, j0:j1]",
-                     "acc = alpha[..., None] * acc + ((p[..., None] * v_tile[:, None]).sum(2) if future else p @ v_tile)")]}),
+                     "k_tile, v_tile = torch.nan_to_num(k_t[:, :, j0:j1]), torch.nan_to_num(v3[:, j0:j1])\n"
+                     "s = (q_i[:, :, :, None] * k_tile[:, None, :, :]).sum(2) if future else q_i @ k_tile\n"
+                     "if is_causal and j1 - 1 > n_k - n_q + i0:\n"
+                     "    s.masked_fill_(~_causal_tile_mask(i0, i1, j0, j1, n_q, n_k, q.device), float('-inf'))"),
+                    ("acc.mul_(alpha[..., None]).baddbmm_(p, v3[:, j0:j1])",
+                     "acc.mul_(alpha[..., None]).add_((p[..., None] * v_tile[:, None]).sum(2) if future else p @ v_tile)")]}),
     # Triton: the old test counted launches and banned torch.matmul inside the worker
     "triton_torch_fallback_with_a_captured_matmul": dict(
         exercise="flash_attention_triton", fails=TRITON_FAILS, all_fail=True,
