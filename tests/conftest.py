@@ -37,6 +37,26 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.xdist_group("release" if module in RELEASE_MODULES else module))
 
 
+class _GroupsTakeEffect:
+    """pytest-xdist's ``--dist loadgroup`` keeps a group's tests in one worker by writing the
+    group into each node id (``...::test[x]@group``). Where that write has no effect (pytest 9
+    with xdist 3.8) the groups silently vanish and every module- or session-scoped fixture is
+    built once per worker: the suite takes twice the time and still passes. Fail instead."""
+
+    @pytest.hookimpl(trylast=True)  # after xdist's own hook has written the groups
+    def pytest_collection_modifyitems(self, config, items):
+        if not getattr(config.option, "loadgroup", False):
+            return  # not an xdist worker with --dist loadgroup
+        lost = [item.nodeid for item in items if item.get_closest_marker("xdist_group") and "@" not in item.nodeid]
+        if lost:
+            raise pytest.UsageError(f"pytest-xdist's loadgroup did not take effect (e.g. {lost[0]}): this pytest "
+                                    f"and pytest-xdist do not work together; use the versions in requirements.txt")
+
+
+def pytest_configure(config):
+    config.pluginmanager.register(_GroupsTakeEffect(), "course-groups-take-effect")
+
+
 def run_grader(submission, *args, timeout=600, course=ROOT, report=None, env=None):
     """``python -m autograder grade`` in a fresh process; returns (completed process, report).
     ``course``: the course folder whose grader runs (a copy, for the hostile tests)."""
