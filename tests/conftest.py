@@ -68,6 +68,24 @@ def run_grader(submission, *args, timeout=600, course=ROOT, report=None, env=Non
     return proc, report
 
 
+def run_drivers(root: Path, module: str, halves, *args, timeout=3600) -> dict:
+    """``python -m MODULE SPEC OUT ARGS...`` once per list of jobs, side by side (one process
+    per core), each grading its jobs in turn; returns the processes' JSON outputs merged."""
+    procs = []
+    for index, half in enumerate(halves):
+        spec = root / f"jobs{index}.json"
+        spec.write_text(json.dumps(half))
+        procs.append(subprocess.Popen([sys.executable, "-m", module, str(spec), str(root / f"out{index}.json"), *args],
+                                      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                      env={**os.environ, "LC_ALL": "C.UTF-8"}))  # English messages
+    merged = {}
+    for index, proc in enumerate(procs):
+        output, _ = proc.communicate(timeout=timeout)
+        assert proc.returncode == 0, output[-3000:]
+        merged.update(json.loads((root / f"out{index}.json").read_text()))
+    return merged
+
+
 def results(report) -> dict:
     """Test name -> result dict, over every exercise of a JSON report."""
     return {t["name"]: t for ex in report["exercises"] for t in ex["tests"]}

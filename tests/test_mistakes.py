@@ -10,13 +10,12 @@ the command line itself.
 import json
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, materialize, results
+from tests.conftest import ROOT, materialize, results, run_drivers
 from tests.fixtures.mutants import MUTANTS
 
 TEST = "test_mutant_loses_points_and_is_named"
@@ -32,24 +31,7 @@ def graded(request, tmp_path_factory):
              "exercises": MUTANTS[name]["exercises"]} for name in names]
     # flash attention's gradings are the long ones: spread them over both drivers
     jobs.sort(key=lambda job: (not any(ex.startswith("flash") for ex in job["exercises"]), job["name"]))
-    return drive(root, [jobs[0::2], jobs[1::2]])
-
-
-def drive(root: Path, halves) -> dict:
-    """Run one driver process per list of jobs, side by side; name -> (ok, report or error)."""
-    procs = []
-    for index, half in enumerate(halves):
-        spec = root / f"jobs{index}.json"
-        spec.write_text(json.dumps(half))
-        procs.append(subprocess.Popen([sys.executable, "-m", "tests.test_mistakes", str(spec), str(root / f"out{index}.json")],
-                                      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                      env={**os.environ, "LC_ALL": "C.UTF-8"}))  # English messages
-    reports = {}
-    for index, proc in enumerate(procs):
-        output, _ = proc.communicate(timeout=3600)
-        assert proc.returncode == 0, output[-3000:]
-        reports.update(json.loads((root / f"out{index}.json").read_text()))
-    return reports
+    return run_drivers(root, "tests.test_mistakes", [jobs[0::2], jobs[1::2]])
 
 
 def _drive(spec: Path, out: Path) -> None:

@@ -10,13 +10,12 @@ with ``runner.grade(..., public=True)``; the tests below only read the reports.
 """
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, materialize
+from tests.conftest import ROOT, materialize, run_drivers
 
 # mutant -> why only the hidden suite catches it (measured: every other mutant of tests/fixtures
 # loses public points). Most are gaps of the public mla suite, to close next.
@@ -86,20 +85,7 @@ def graded(tmp_path_factory):
         if set(mutant["exercises"]) <= public_exercises():
             jobs.append({"name": name, "folder": str(materialize(root, name, mutant["edits"])),
                          "exercises": mutant["exercises"]})
-    halves = [jobs[0::2], jobs[1::2]]
-    procs = []
-    for index, half in enumerate(halves):
-        spec = root / f"jobs{index}.json"
-        spec.write_text(json.dumps(half))
-        procs.append(subprocess.Popen([sys.executable, "-m", "tests.test_public_mutants", str(spec),
-                                       str(root / f"out{index}.json"), str(root / "reference.pt")], cwd=ROOT, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True))
-    reports = {}
-    for index, proc in enumerate(procs):
-        output, _ = proc.communicate(timeout=3600)
-        assert proc.returncode == 0, output[-3000:]
-        reports.update(json.loads((root / f"out{index}.json").read_text()))
-    return reports
+    return run_drivers(root, "tests.test_public_mutants", [jobs[0::2], jobs[1::2]], str(root / "reference.pt"))
 
 
 def _failed(report):
