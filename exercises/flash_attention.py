@@ -86,14 +86,6 @@ def _causal_tile_bias(i0, i1, j0, j1, n_q, n_k, dtype, device, cache):
     return cache[key]
 
 
-def _score_tile(q_i, k_t, i0, i1, j0, j1, n_q, n_k, is_causal, bias_cache):
-    """(B, bq, bk) scores of query rows [i0, i1) against keys [j0, j1); -inf where causal masks."""
-    if is_causal and j1 - 1 > n_k - n_q + i0:  # the tile reaches past some query: mask in the matmul
-        bias = _causal_tile_bias(i0, i1, j0, j1, n_q, n_k, q_i.dtype, q_i.device, bias_cache)
-        return torch.baddbmm(bias, q_i, k_t[:, :, j0:j1])
-    return torch.bmm(q_i, k_t[:, :, j0:j1])
-
-
 def flash_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal: bool = False,
                             block_q: int = 64, block_k: int = 64):
     """Tiled attention with an online softmax; never holds an n_q x n_k matrix.

@@ -81,14 +81,6 @@ def _causal_tile_bias(i0, i1, j0, j1, n_q, n_k, dtype, device, cache):
     return cache[key]
 
 
-def _score_tile(q_i, k_t, i0, i1, j0, j1, n_q, n_k, is_causal, bias_cache):
-    """(B, bq, bk) scores of query rows [i0, i1) against keys [j0, j1); -inf where causal masks."""
-    if is_causal and j1 - 1 > n_k - n_q + i0:  # the tile reaches past some query: mask in the matmul
-        bias = _causal_tile_bias(i0, i1, j0, j1, n_q, n_k, q_i.dtype, q_i.device, bias_cache)
-        return torch.baddbmm(bias, q_i, k_t[:, :, j0:j1])
-    return torch.bmm(q_i, k_t[:, :, j0:j1])
-
-
 def flash_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal: bool = False,
                             block_q: int = 64, block_k: int = 64):
     """Tiled attention with an online softmax; never holds an n_q x n_k matrix.
@@ -127,7 +119,11 @@ def flash_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i
         acc = torch.zeros(q3.shape[0], i1 - i0, d_v, dtype=acc_dtype, device=q.device)
         for j0 in _key_blocks(i0, i1, n_q, n_k, block_k, is_causal):
             j1 = min(j0 + block_k, n_k)
-            s = _score_tile(q_i, k_t, i0, i1, j0, j1, n_q, n_k, is_causal, bias_cache)  # (B, bq, bk)
+            if is_causal and j1 - 1 > n_k - n_q + i0:  # the tile reaches past some query: the matmul adds the mask
+                bias = _causal_tile_bias(i0, i1, j0, j1, n_q, n_k, acc_dtype, q.device, bias_cache)
+                s = torch.baddbmm(bias, q_i, k_t[:, :, j0:j1])  # (B, bq, bk): scores, -inf in the future
+            else:
+                s = torch.bmm(q_i, k_t[:, :, j0:j1])  # (B, bq, bk): one tile of scores, in base 2
             m_new = torch.maximum(m, s.amax(dim=-1))
             shift = m_new.clamp_min(lowest)  # -inf rows: keep exp2() at 0, not NaN
             p = s.sub_(shift[..., None]).exp2_()  # (B, bq, bk), in place: no second tile
@@ -180,7 +176,11 @@ class FlashAttention(torch.autograd.Function):
             for j0 in _key_blocks(i0, i1, n_q, n_k, block_k, is_causal):
                 j1 = min(j0 + block_k, n_k)
                 k_j, v_j = k3[:, j0:j1], v3[:, j0:j1]
-                s = _score_tile(q2[:, i0:i1], k_t, i0, i1, j0, j1, n_q, n_k, is_causal, bias_cache)  # (B, bq, bk)
+                if is_causal and j1 - 1 > n_k - n_q + i0:  # as in the forward: the matmul adds the mask
+                    bias = _causal_tile_bias(i0, i1, j0, j1, n_q, n_k, acc_dtype, q.device, bias_cache)
+                    s = torch.baddbmm(bias, q2[:, i0:i1], k_t[:, :, j0:j1])  # (B, bq, bk)
+                else:
+                    s = torch.bmm(q2[:, i0:i1], k_t[:, :, j0:j1])  # (B, bq, bk), the forward's scores
                 p = s.sub_(lse2[:, i0:i1, None]).exp2_()  # P = exp(S - lse), in place; masked -> 0
                 dv[:, j0:j1].baddbmm_(p.transpose(1, 2), do_i)  # dV_j += P^T dO_i
                 dp = torch.bmm(do_i, v_j.transpose(1, 2))  # (B, bq, bk)

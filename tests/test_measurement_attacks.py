@@ -53,7 +53,11 @@ ATTACKS = {
         # visits every key block; the ones in the future are computed with elementwise products
         # (no matmul for a FLOP counter to see) and masked, and NaN is scrubbed from k and v
         edits={FA: [("if is_causal:", "if False:"),  # _key_blocks: every key block, future ones too
-                    ("s = _score_tile(q_i, k_t, i0, i1, j0, j1, n_q, n_k, is_causal, bias_cache)",
+                    ("if is_causal and j1 - 1 > n_k - n_q + i0:\n"
+                     "    bias = _causal_tile_bias(i0, i1, j0, j1, n_q, n_k, acc_dtype, q.device, bias_cache)\n"
+                     "    s = torch.baddbmm(bias, q_i, k_t[:, :, j0:j1])\n"
+                     "else:\n"
+                     "    s = torch.bmm(q_i, k_t[:, :, j0:j1])",
                      "future = is_causal and j0 > n_k - n_q + i1 - 1\n"
                      "k_tile, v_tile = torch.nan_to_num(k_t[:, :, j0:j1]), torch.nan_to_num(v3[:, j0:j1])\n"
                      "s = (q_i[:, :, :, None] * k_tile[:, None, :, :]).sum(2) if future else q_i @ k_tile\n"
