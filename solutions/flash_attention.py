@@ -163,8 +163,9 @@ class FlashAttention(torch.autograd.Function):
         scale = 1.0 / math.sqrt(d)
         q3, k3, v3 = (t.reshape(-1, t.shape[-2], t.shape[-1]).to(acc_dtype) for t in (q, k, v))
         do3 = grad_o.reshape(-1, n_q, d_v).to(acc_dtype)
-        lse3 = lse.reshape(-1, n_q).to(acc_dtype).clamp_min(torch.finfo(acc_dtype).min)  # lse=-inf rows -> P = 0
-        lse2 = lse3 * LOG2E  # base 2, as the scores below
+        # base 2, as the scores below; clamped after scaling (finfo.min * LOG2E would be -inf again):
+        # rows with lse = -inf then give P = exp2(-inf - lowest) = 0, not NaN
+        lse2 = (lse.reshape(-1, n_q).to(acc_dtype) * LOG2E).clamp_min(torch.finfo(acc_dtype).min)
         delta = (do3 * o.reshape(-1, n_q, d_v).to(acc_dtype)).sum(dim=-1)  # D = rowsum(dO * O), (B, n_q)
         q2 = q3 * (scale * LOG2E)  # the forward's scores, in base 2
         k_t = k3.transpose(1, 2)  # (B, d, n_k), a view
