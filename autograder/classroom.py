@@ -3,9 +3,10 @@
 ``python -m autograder grade-class SUBMISSIONS_DIR --out grades.csv [--jobs N] [--force]``
 
 SUBMISSIONS_DIR holds one folder per student (its ``exercises/`` subfolder if it has one,
-else the folder itself, is graded). Each student is graded by its own
-``python -m autograder grade`` process, so a broken or hostile submission can cost only its
-own report. Next to the CSV, ``reports/<student>.json`` and ``reports/<student>.txt`` hold the
+else the folder itself, is graded). Each student is graded by its own grader process (what
+``python -m autograder grade`` runs, forked from a server that has imported torch, pytest and
+the grader once for the class), so a broken or hostile submission can cost only its own
+report. Next to the CSV, ``reports/<student>.json`` and ``reports/<student>.txt`` hold the
 full report and the feedback table. A student whose files have not changed since their
 report was written is skipped unless ``--force``.
 
@@ -21,9 +22,9 @@ import csv
 import json
 import os
 import queue
+import shutil
 import signal
 import stat
-import subprocess
 import sys
 import tempfile
 import threading
@@ -45,7 +46,7 @@ TERM_GRACE_S = 10.0  # a timed-out grader gets this long to end its worker befor
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 # graders running now: each has a session of its own (so that a timeout can end its whole
 # group), which also keeps a Ctrl-C from reaching it; grade_class ends them when it stops early
-_LIVE: set[subprocess.Popen] = set()
+_LIVE: set = set()  # multiprocessing Process objects
 _LIVE_LOCK = threading.Lock()
 
 
@@ -161,7 +162,7 @@ def write_replacing(path: Path, text: str) -> None:
 
 
 def grade_student(student_dir: Path, reports: Path, force: bool, extra_args: list[str],
-                  timeout: float, label: str | None = None) -> tuple[str, dict | None, str]:
+                  timeout: float, label: str | None = None, threads: int = 1) -> tuple[str, dict | None, str]:
     """Grade one student: (name, report or None, status). Everything here, the reading of the
     student's files included, runs within ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
@@ -186,7 +187,7 @@ def grade_student(student_dir: Path, reports: Path, force: bool, extra_args: lis
     fd, fresh = tempfile.mkstemp(dir=reports, prefix=".grading-", suffix=".json.part")
     os.close(fd)
     try:
-        status, output = _run_grader(folder, fresh, extra_args, deadline - time.monotonic())
+        status, output = _run_grader(folder, fresh, extra_args, deadline - time.monotonic(), threads)
         report = None
         if status == "graded":
             try:
@@ -205,47 +206,111 @@ def grade_student(student_dir: Path, reports: Path, force: bool, extra_args: lis
         _remove(fresh)
 
 
-def _run_grader(folder: Path, report_file: str, extra_args: list[str], remaining: float) -> tuple[str, str]:
-    """Run ``python -m autograder grade`` on one submission: (status, its output)."""
+# what every grader imports, imported once per class by a fork server: each student's grader
+# is then a fork of it (its own process and session as before) and skips 2-3 s of CPU of
+# imports, torch._dynamo's (which torch.optim pulls in on first use) among them
+PRELOAD = ["torch", "torch._dynamo", "torch.optim", "pytest", "rich.console", "autograder.cli",
+           "autograder.runner", "autograder.compare", "autograder.static", "autograder.report",
+           "autograder.catalogue", "solutions"]
+_FORKSERVER = None
+_FORKSERVER_LOCK = threading.Lock()
+
+
+def _graders():
+    """The multiprocessing context whose fork server holds ``PRELOAD`` (the server starts
+    with the first grader; POSIX systems have it, and the worker needs POSIX anyway)."""
+    global _FORKSERVER
+    with _FORKSERVER_LOCK:
+        if _FORKSERVER is None:
+            import multiprocessing
+
+            _FORKSERVER = multiprocessing.get_context("forkserver")
+            _FORKSERVER.set_forkserver_preload(PRELOAD)
+        return _FORKSERVER
+
+
+def grader_threads(jobs: int) -> int:
+    """Torch threads of each grader: the cores shared among the jobs (OpenMP threads that
+    spin waiting for work cost a parallel class a sixth of its CPU otherwise)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, jobs))
+
+
+def _grader_main(argv: list[str], out_path: str, err_path: str, threads: int) -> None:
+    """A student's grader, in a process forked from the fork server: a session of its own (a
+    timeout ends it and its workers by process group), its output to files of ours."""
+    os.setsid()
+    for fd, path in ((1, out_path), (2, err_path)):
+        target = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC)
+        os.dup2(target, fd)
+        os.close(target)
+    os.chdir(ROOT)
+    import torch
+
+    torch.set_num_threads(threads)
+    from .cli import main
+
+    raise SystemExit(main(argv))
+
+
+def _run_grader(folder: Path, report_file: str, extra_args: list[str], remaining: float,
+                threads: int = 1) -> tuple[str, str]:
+    """Run the grader (``python -m autograder grade``) on one submission: (status, its output)."""
     if remaining <= 0:
         return "grader timed out before it started (reading the files took the whole timeout)", ""
-    command = [sys.executable, "-m", "autograder", "grade", "--submission", str(folder),
-               "--json", report_file, *extra_args]
-    # its own process group, so that a timeout ends the grader and nothing of it is left
-    proc = subprocess.Popen(command, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True)
-    with _LIVE_LOCK:
-        _LIVE.add(proc)
+    argv = ["grade", "--submission", str(folder), "--json", report_file, *extra_args]
+    context = _graders()
+    scratch = tempfile.mkdtemp(prefix="course-grader-")  # mode 700: the output is ours alone
+    out_path, err_path = os.path.join(scratch, "out"), os.path.join(scratch, "err")
+    for path in (out_path, err_path):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    proc = context.Process(target=_grader_main, args=(argv, out_path, err_path, threads), daemon=False)
     try:
-        out, err = proc.communicate(timeout=remaining)
-    except subprocess.TimeoutExpired:
-        out, err = _end(proc)
-        text = _decode(out) + _decode(err)
-        return f"grader timed out after {remaining:.0f} s", text + f"\ngrader timed out after {remaining:.0f} s\n"
+        with _LIVE_LOCK:
+            proc.start()
+            _LIVE.add(proc)
+        proc.join(remaining)
+        timed_out = proc.exitcode is None
+        if timed_out:
+            _end(proc)
+        out, err = (_read_tail(path) for path in (out_path, err_path))
     finally:
         with _LIVE_LOCK:
             _LIVE.discard(proc)
-    text = _decode(out) + (_decode(err) if proc.returncode else "")
-    return ("graded" if proc.returncode == 0 else f"grader failed ({proc.returncode})"), text
+        shutil.rmtree(scratch, ignore_errors=True)
+    text = out + (err if proc.exitcode else "")
+    if timed_out:
+        return f"grader timed out after {remaining:.0f} s", out + err + f"\ngrader timed out after {remaining:.0f} s\n"
+    return ("graded" if proc.exitcode == 0 else f"grader failed ({proc.exitcode})"), text
 
 
-def _end(proc: subprocess.Popen) -> tuple[bytes, bytes]:
+def _read_tail(path: str, limit: int = 4 << 20) -> str:
+    """The last ``limit`` bytes of a grader's output file, decoded."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        f.seek(max(0, size - limit))
+        return _decode(f.read())
+
+
+def _end(proc) -> None:
     """SIGTERM first (the grader then ends its worker), SIGKILL after a grace period."""
     for sig, wait in ((signal.SIGTERM, TERM_GRACE_S), (signal.SIGKILL, 5.0)):
         try:
             os.killpg(proc.pid, sig)
-        except (ProcessLookupError, PermissionError):
+        except ProcessLookupError:
             pass
-        try:
-            return proc.communicate(timeout=wait)
-        except subprocess.TimeoutExpired:
-            continue
-    for stream in (proc.stdout, proc.stderr):  # something still holds the pipes: give up on them
-        try:
-            stream.close()
-        except OSError:
-            pass
-    return b"", b""
+        except PermissionError:
+            # not yet in a session of its own (it had just started): the process alone
+            try:
+                os.kill(proc.pid, sig)
+            except OSError:
+                pass
+        proc.join(wait)
+        if proc.exitcode is not None:
+            return
 
 
 def _decode(data: bytes | None) -> str:
@@ -381,11 +446,12 @@ def grade_class(submissions: Path, out_csv: Path, jobs: int = 1, force: bool = F
         exercises = available_exercises()
     table = _Csv(Path(out_csv), exercises)
     rows: dict[int, dict] = {}
+    threads = grader_threads(jobs)
 
     def grade_one(index: int):
         folder, name = students[index]
         try:
-            return grade_student(folder, reports, force, extra_args, timeout, label=name)
+            return grade_student(folder, reports, force, extra_args, timeout, label=name, threads=threads)
         except Exception as exc:  # noqa: BLE001 - one student's failure is that student's row
             return name, None, f"grader error: {type(exc).__name__}: {clean(exc, 300)}"
 
@@ -414,15 +480,7 @@ def grade_class(submissions: Path, out_csv: Path, jobs: int = 1, force: bool = F
             with _LIVE_LOCK:
                 running = list(_LIVE)
             for proc in running:
-                for sig in (signal.SIGTERM, signal.SIGKILL):
-                    try:
-                        os.killpg(proc.pid, sig)
-                        proc.wait(timeout=TERM_GRACE_S)
-                        break
-                    except (ProcessLookupError, PermissionError):
-                        break
-                    except subprocess.TimeoutExpired:
-                        continue
+                _end(proc)
             raise
     ordered = [rows[i] for i in range(len(students))]
     table.finish(ordered)

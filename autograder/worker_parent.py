@@ -144,6 +144,7 @@ class Worker:
         self.restarts = 0
         self.adapters = Adapters(self)  # worker.adapters.module_forward(cls=..., ...)
         self.clean: Worker | None = None  # see call_clean
+        self.capped: dict[tuple[str, int], Worker] = {}  # see call_with_memory_budget
         self._next_id = 0
         # as root the worker drops to a pool uid; False keeps it as the grader's user
         self.drop_privileges = running_as_root() if drop_privileges is None else drop_privileges
@@ -290,6 +291,10 @@ class Worker:
         if self.clean is not None:
             self.clean.close()
             self.clean = None
+        for capped in self.capped.values():
+            self.restarts += capped.restarts
+            capped.close()
+        self.capped = {}
         self._stop()
         if self.lease is not None:
             self.lease.release()
@@ -580,7 +585,7 @@ class Worker:
     # -- memory, capped from outside ------------------------------------------------------
     def call_with_memory_budget(self, warm_up, target, /, *args, budget_bytes: int,
                                 timeout: float | None = None, **kwargs):
-        """``target`` in a fresh worker whose address space the grader caps from outside
+        """``target`` in a sibling worker whose address space the grader caps from outside
         (``warm_up`` and ``target``: helpers, ``worker.adapters.flash_attention.warm_up``).
 
         A sibling worker (its own pool uid, the same limits otherwise) starts and runs
@@ -592,22 +597,42 @@ class Worker:
         grader reads the limit back from /proc before going on. The kernel enforces it on
         the worker and on every process it starts, and without CAP_SYS_RESOURCE a hard limit
         cannot be raised again, so nothing the submission does to itself changes the verdict.
-        The sibling is ended afterwards; this worker, with its usual limits, is not touched
-        (so grading goes on without paying for a restart of it).
+        This worker, with its usual limits, is not touched (so grading goes on without paying
+        for a restart of it). The capped sibling serves the next call with the same warm-up and
+        budget when this one returned a value (the full and causal cases of one test share it);
+        any failure ends it, and it ends with this worker.
         """
         warm_up, target = _target_of(warm_up), _target_of(target)
-        capped = self._sibling()
-        try:
-            capped.call(warm_up, timeout=timeout)
-            limit = vm_size_bytes(capped.proc.pid) + budget_bytes
-            capped.call("@limit_address_space", limit, timeout=timeout)
-            if address_space_limit(capped.proc.pid) != limit:
-                raise SubmissionError("grader error: the worker's memory cap could not be set; please "
-                                      "report it to the course staff", "crash")
-            return capped.call(target, *args, timeout=timeout, **kwargs)
-        finally:
+        key = (warm_up, budget_bytes)
+        capped = self.capped.pop(key, None)
+        if capped is not None and (capped.proc is None or capped.proc.poll() is not None):
             self.restarts += capped.restarts
             capped.close()
+            capped = None
+        if capped is None:
+            capped = self._sibling()
+            try:
+                capped.call(warm_up, timeout=timeout)
+                limit = vm_size_bytes(capped.proc.pid) + budget_bytes
+                capped.call("@limit_address_space", limit, timeout=timeout)
+                if address_space_limit(capped.proc.pid) != limit:
+                    raise SubmissionError("grader error: the worker's memory cap could not be set; please "
+                                          "report it to the course staff", "crash")
+            except BaseException:
+                self.restarts += capped.restarts
+                capped.close()
+                raise
+        try:
+            value = capped.call(target, *args, timeout=timeout, **kwargs)
+        except BaseException:
+            self.restarts += capped.restarts
+            capped.close()
+            raise
+        # kept for the next call with the same warm-up and budget (the same cap): what this
+        # call left in memory counts against it, as the import did against this one. Only a
+        # worker that answered is kept: one that crashed would restart without its cap
+        self.capped[key] = capped
+        return value
 
     def _sibling(self) -> "Worker":
         """Another worker for the same submission, with this one's limits and isolation."""

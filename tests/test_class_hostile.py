@@ -167,7 +167,7 @@ def test_one_students_failure_is_that_students_row_never_the_class(tmp_path, mon
     forever = threading.Event()
     good = {"score": 3.0, "max_score": 4.0, "exercises": [{"name": "attention", "score": 3.0}]}
 
-    def fake_grade(student_dir, reports, force, extra_args, timeout, label=None):
+    def fake_grade(student_dir, reports, force, extra_args, timeout, label=None, threads=1):
         name = label
         if name == "boom":
             raise RuntimeError("\x1b[31mexploded\x1b[0m")

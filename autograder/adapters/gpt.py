@@ -33,15 +33,26 @@ def forward(sub, config, state_dict, idx, *, dtype=None, grad_output=None):
     return _run(load_weights(build(sub, config), state_dict, dtype, "GPT"), [idx], {}, grad_output)
 
 
+def first_adam_step(parameters, *, lr, eps=1e-8):
+    """What torch.optim.AdamW's first step does without weight decay (zero moments, so the
+    bias-corrected update is g / (|g| + eps)), written out: torch.optim's step imports
+    torch._dynamo, a second of CPU in every worker that grades a GPT. The grader's expected
+    values come from torch.optim.AdamW itself."""
+    with torch.no_grad():
+        for p in parameters:
+            if p.grad is not None:
+                p.sub_(lr * p.grad / (p.grad.abs() + eps))
+
+
 def train_step(sub, config, state_dict, idx, targets, *, dtype=None, lr=1e-2):
-    """One AdamW step (trusted optimizer) on the cross-entropy of the student's GPT, then
+    """One Adam step (trusted code, no weight decay) on the cross-entropy of the student's GPT, then
     the logits again: parameters that are not registered, or a head that is a copy of the
     embedding instead of the same tensor, show up here."""
     model = load_weights(build(sub, config), state_dict, dtype, "GPT").train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
+    parameters = list(model.parameters())
     logits = model(idx)
     loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
     loss.backward()
-    optimizer.step()
+    first_adam_step(parameters, lr=lr)
     with torch.no_grad():
         return {"loss": loss.detach(), "logits_after": model.eval()(idx)}

@@ -63,7 +63,7 @@ def test_gpt_parameters(worker, name):
 def stepped(model, idx, targets):
     """A copy of ``model`` after one AdamW step on the cross-entropy (as the grader's adapter does it)."""
     model = copy.deepcopy(model).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
     torch.nn.functional.cross_entropy(model(idx).flatten(0, 1), targets.flatten()).backward()
     optimizer.step()
     return model.eval()
@@ -173,7 +173,7 @@ def test_gpt_after_an_optimizer_step(worker, name):
     got = worker.adapters.gpt.train_step(config=CONFIGS[name], state_dict=state, idx=idx, targets=targets,
                                          dtype=F64)
     reference_model = copy.deepcopy(model).train()
-    optimizer = torch.optim.AdamW(reference_model.parameters(), lr=1e-2, weight_decay=0.1)
+    optimizer = torch.optim.AdamW(reference_model.parameters(), lr=1e-2, weight_decay=0.0)
     loss = torch.nn.functional.cross_entropy(reference_model(idx).flatten(0, 1), targets.flatten())
     loss.backward()
     optimizer.step()

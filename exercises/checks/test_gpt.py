@@ -46,7 +46,7 @@ def tokens(name, seed, length=7, batch=2):
 def stepped(model, idx, targets):
     """A copy of ``model`` after one AdamW step on the cross-entropy (as the grader's adapter does it)."""
     model = copy.deepcopy(model).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
     loss = torch.nn.functional.cross_entropy(model(idx).flatten(0, 1), targets.flatten())
     loss.backward()
     optimizer.step()
