@@ -208,3 +208,53 @@ def test_submission_folder_never_follows_a_link(tmp_path):
     assert classroom.fingerprint(student / "exercises") != classroom.fingerprint(ROOT / "solutions")  # ...not read
     names = [label for _, label in classroom.list_students(tmp_path)]
     assert names == ["mallory"]
+
+
+HANGS = '''
+import os, time
+with open({pidfile!r}, "w") as f:
+    f.write(str(os.getpid()))
+time.sleep(3600)
+'''
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.slow
+def test_a_grader_out_of_time_is_ended_with_its_worker(tmp_path):
+    """A student whose grading outlasts the student timeout (an import that sleeps, shorter
+    than the worker's own per-call timeout) gets a "grader timed out" row, and neither its
+    grader (a fork of the class's fork server, in a session of its own) nor its worker is
+    left running."""
+    import io
+    import shutil
+    import tempfile
+
+    from rich.console import Console
+
+    drop = Path(tempfile.mkdtemp(prefix="course-test-pid-"))  # the worker may run as another uid
+    os.chmod(drop, 0o777)
+    try:
+        pidfile = drop / "pid"
+        (tmp_path / "class" / "hangs").mkdir(parents=True)
+        (tmp_path / "class" / "hangs" / "attention.py").write_text(HANGS.format(pidfile=str(pidfile)))
+        started = time.monotonic()
+        rows = classroom.grade_class(tmp_path / "class", tmp_path / "grades.csv", jobs=1, timeout=12.0,
+                                     exercises=["attention"], console=Console(file=io.StringIO()))
+        assert time.monotonic() - started < 12.0 + classroom.TERM_GRACE_S + 10
+        assert rows[0]["status"].startswith("grader timed out after"), rows
+        assert pidfile.exists(), "the worker never imported the submission: the test proves nothing"
+        pid = int(pidfile.read_text())
+        deadline = time.monotonic() + 5
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(pid), f"the worker ({pid}) of a grader that timed out is still running"
+        assert not classroom._LIVE
+    finally:
+        shutil.rmtree(drop, ignore_errors=True)
