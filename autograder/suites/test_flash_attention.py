@@ -151,6 +151,25 @@ def test_backward(worker, causal, dtype, d_v):
                      mistakes=lambda i=index: mistakes.flash_backward_mistakes(q, k, v, causal, grad_o, which=i))
 
 
+@pytest.mark.points(1)
+@pytest.mark.rules("forward.rows-without-keys")
+@pytest.mark.parametrize("dtype", [F64, F32], ids=["float64", "float32"])
+def test_backward_rows_without_keys(worker, dtype):
+    """with is_causal and n_q > n_k the first n_q - n_k query rows see no key: their output is 0
+    whatever q, k and v are, so dq is 0 there and they add nothing to dk and dv (never NaN)."""
+    n_q, n_k = 40, 24  # rows 0-15 have no key; one tile of any block size up to 1024 mixes both kinds
+    q = randn(2, 2, n_q, 16, seed=31, dtype=dtype)
+    k, v = (randn(2, 2, n_k, 16, seed=s, dtype=dtype) for s in (32, 33))
+    grad_o = randn(2, 2, n_q, 16, seed=34, dtype=dtype)
+    got = worker.adapters.function_grads("flash_attention.flash_attention", [q, k, v], {"is_causal": True}, grad_o)
+    leaves = [t.detach().double().requires_grad_(True) for t in (q, k, v)]
+    truth(*leaves, True)[0].backward(grad_o.double())
+    for index, name in enumerate(("dq", "dk", "dv")):
+        check_tensor(got["input_grads"][index], leaves[index].grad,
+                     f"{name} (causal, n_q={n_q} > n_k={n_k}: rows 0-{n_q - n_k - 1} have no key)", dtype=dtype,
+                     n_terms=n_k + 16, magnitude=8.0)
+
+
 MiB = 1 << 20
 MEMORY_N, MEMORY_D = 8192, 64
 TILE_BYTES = 1024 * 1024 * 4  # the largest tile the API allows (block sizes up to 1024), float32
