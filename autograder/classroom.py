@@ -426,7 +426,10 @@ def grade_class(submissions: Path, out_csv: Path, jobs: int = 1, force: bool = F
                 extra_args: list[str] | None = None, timeout: float = 1800.0,
                 console: Console | None = None, exercises: list[str] | None = None) -> list[dict]:
     """Grade every student of ``submissions``; returns one row per student (also in the CSV).
-    ``exercises``: only these (default: all); ``timeout``: the most one student may take."""
+    ``exercises``: only these (default: all); ``timeout``: the most one student may take.
+    The graders are multiprocessing fork-server children: a script that calls this must do so
+    under ``if __name__ == "__main__":`` (each grader re-imports the main script, as with any
+    multiprocessing start method other than fork; ``python -m autograder`` and pytest are fine)."""
     console = console or Console(stderr=True)
     submissions = Path(submissions)
     reports = Path(out_csv).resolve().parent / "reports"

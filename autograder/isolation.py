@@ -214,10 +214,30 @@ def process_table() -> dict[int, tuple[int, int, str]]:
 LIVE_WORKERS: set[int] = set()
 
 
-def strays(worker_pid: int, uid: int | None, reaping: bool) -> dict[int, str]:
+def _start_time(pid: int) -> int | None:
+    """When ``pid`` started (clock ticks since boot, /proc/<pid>/stat field 22), or None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+    return int(fields[fields.rindex(")") + 2:].split()[19])
+
+
+def own_children() -> dict[int, int | None]:
+    """pid -> start time of this process's children now (taken before a worker starts: a
+    fork server or multiprocessing's resource tracker is the grader's, not an orphan of
+    the worker; pid and start time together, so a recycled pid is not mistaken for one)."""
+    me = os.getpid()
+    return {pid: _start_time(pid) for pid, (ppid, _, _) in process_table().items() if ppid == me}
+
+
+def strays(worker_pid: int, uid: int | None, reaping: bool, before: dict[int, int | None] | None = None) -> dict[int, str]:
     """Processes that belong to a submission but are not the worker itself: its
-    descendants, orphans reparented to us (when we are a subreaper), and anything running
-    as the worker's dedicated uid."""
+    descendants, orphans reparented to us (when we are a subreaper; ``before``: our children
+    from before the worker started, which are not), and anything running as the worker's
+    dedicated uid."""
+    before = before or {}
     table = process_table()
     me = os.getpid()
     ours = {worker_pid}
@@ -233,15 +253,20 @@ def strays(worker_pid: int, uid: int | None, reaping: bool) -> dict[int, str]:
     for pid, (ppid, owner, command) in table.items():
         if pid in (worker_pid, me):
             continue
-        if (uid is not None and owner == uid) or (reaping and ppid == me and pid not in LIVE_WORKERS):
+        if uid is not None and owner == uid:
+            found[pid] = command
+        elif reaping and ppid == me and pid not in LIVE_WORKERS and pid not in ours:
+            if pid in before and before[pid] == _start_time(pid):
+                continue
             found[pid] = command
     return found
 
 
-def kill_strays(worker_pid: int, uid: int | None, reaping: bool, rounds: int = 20) -> None:
+def kill_strays(worker_pid: int, uid: int | None, reaping: bool, rounds: int = 20,
+                before: dict[int, int | None] | None = None) -> None:
     """SIGKILL every stray until none is left (a fork loop may race the first rounds)."""
     for _ in range(rounds):
-        found = strays(worker_pid, uid, reaping)
+        found = strays(worker_pid, uid, reaping, before)
         if not found:
             break
         for pid in found:

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from .isolation import (LIMITS, MAX_PROCESSES, ROOT, IsolationPlan, UidLease, become_subreaper, drop_to, kill_strays,
-                        remove_files_of, running_as_root, strays, unshare_network)
+                        own_children, remove_files_of, running_as_root, strays, unshare_network)
 from . import intake as submission_intake
 from .isolation import ipc_objects, remove_ipc_of, unshare_ipc
 from .isolation import LIVE_WORKERS
@@ -151,6 +151,7 @@ class Worker:
         self.lease: UidLease | None = None
         self.plan: IsolationPlan | None = None
         self.log = None
+        self.children_before: dict[int, int | None] = {}  # see isolation.strays
 
     # -- process management -------------------------------------------------------------
     def _limits(self):
@@ -244,6 +245,7 @@ class Worker:
         # however much, never fails a call (a file would hit RLIMIT_FSIZE), and the worker
         # has no name to find it by
         self.log = OutputDrain()
+        self.children_before = own_children() if plan.reaping else {}
         req_r, req_w = os.pipe()
         resp_r, resp_w = os.pipe()
         self.proc = subprocess.Popen(
@@ -337,7 +339,7 @@ class Worker:
         except subprocess.TimeoutExpired:
             status = None
         # and whatever left the group: orphans we adopted, anything of the worker's uid
-        kill_strays(proc.pid, self.plan.uid, self.plan.reaping)
+        kill_strays(proc.pid, self.plan.uid, self.plan.reaping, before=self.children_before)
         return status
 
     def __enter__(self):
@@ -543,7 +545,7 @@ class Worker:
     def _check_background(self, threads):
         """A call must leave nothing running: a process or thread that outlives it could
         change values after they are checked, or slow down the next tests."""
-        found = strays(self.proc.pid, self.plan.uid, self.plan.reaping)
+        found = strays(self.proc.pid, self.plan.uid, self.plan.reaping, self.children_before)
         if found:
             names = ", ".join(sorted(found.values())[:3])  # no pids: the same report every time
             what = f"{len(found)} background process{'es' if len(found) > 1 else ''} ({names})"

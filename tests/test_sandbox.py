@@ -35,6 +35,13 @@ def submission(tmp_path):
         def spin():
             while True:
                 pass
+        def orphan():  # setsid plus a double fork: reparented to the grader (a subreaper)
+            if os.fork() == 0:
+                os.setsid()
+                if os.fork() == 0:
+                    time.sleep(30)
+                os._exit(0)
+            time.sleep(0.2)
         def via_a(): return spin()
         def via_b(): return [spin()]
     """))
@@ -49,6 +56,28 @@ def test_values_round_trip_as_plain_tensors(submission):
         assert type(out) is torch.Tensor and extra["n"] == 3
         small = w.call("mod.view_of_big")
         assert small.untyped_storage().nbytes() == 8  # a copy, not the 40 MB storage
+
+
+def test_the_graders_own_children_are_not_taken_for_the_workers_strays(submission):
+    """A child the grader started before the worker (grade-class's fork server, say) is not an
+    orphan of the submission, and the call is not failed for it; an orphan the worker leaves
+    still is. Before pid and start time were kept, a grader that had run grade-class (whose fork
+    server is its child) failed every later call with "left 2 background processes"."""
+    import subprocess
+
+    ours = subprocess.Popen(["sleep", "60"])
+    try:
+        with Worker(submission) as w:
+            x = torch.ones(3)
+            assert torch.equal(w.call("mod.double", x), 2 * x)
+            if not w.plan.reaping:
+                pytest.skip("the grader is not a subreaper here (that needs root): orphans go to init")
+            with pytest.raises(SubmissionError, match="background process"):
+                w.call("mod.orphan")
+        assert ours.poll() is None, "the grader's own child was killed as a stray"
+    finally:
+        ours.kill()
+        ours.wait()
 
 
 def test_state_lives_on_between_calls_until_a_restart(submission):
