@@ -119,6 +119,21 @@ def test_public_backward(worker, reference, causal, d_v):
                      magnitude=8.0, mistakes=known[index])
 
 
+@pytest.mark.points(1)
+@pytest.mark.mirrors("backward_rows_without_keys")
+def test_public_backward_rows_without_keys(worker):
+    """causal with n_q > n_k: rows before the first key have o = 0 whatever the inputs, so their dq
+    is 0 and they add nothing to dk and dv (never NaN)."""
+    q, grad_o = randn(1, 2, 30, 8, seed=1614, dtype=F64), randn(1, 2, 30, 8, seed=1617, dtype=F64)
+    k, v = randn(1, 2, 18, 8, seed=1615, dtype=F64), randn(1, 2, 18, 8, seed=1616, dtype=F64)
+    got = worker.adapters.function_grads("flash_attention.flash_attention", [q, k, v], {"is_causal": True}, grad_o)
+    leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+    truth(*leaves, True)[0].backward(grad_o)
+    for index, name in enumerate(("dq", "dk", "dv")):
+        check_tensor(got["input_grads"][index], leaves[index].grad, f"{name} (causal, n_q=30 > n_k=18: rows 0-11 "
+                     f"have no key)", n_terms=26, magnitude=8.0)
+
+
 @pytest.mark.points(2)
 @pytest.mark.mirrors("causal_skips_future_blocks")
 def test_public_causal_skips_future_blocks(worker):
