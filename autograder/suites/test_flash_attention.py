@@ -154,7 +154,7 @@ def test_backward(worker, causal, dtype, d_v):
 @pytest.mark.points(1)
 @pytest.mark.rules("forward.rows-without-keys")
 @pytest.mark.parametrize("dtype", [F64, F32], ids=["float64", "float32"])
-def test_backward_rows_without_keys(worker, dtype):
+def test_gradients_of_rows_without_keys(worker, dtype):
     """with is_causal and n_q > n_k the first n_q - n_k query rows see no key: their output is 0
     whatever q, k and v are, so dq is 0 there and they add nothing to dk and dv (never NaN)."""
     n_q, n_k = 40, 24  # rows 0-15 have no key; one tile of any block size up to 1024 mixes both kinds

@@ -120,8 +120,8 @@ def test_public_backward(worker, reference, causal, d_v):
 
 
 @pytest.mark.points(1)
-@pytest.mark.mirrors("backward_rows_without_keys")
-def test_public_backward_rows_without_keys(worker):
+@pytest.mark.mirrors("gradients_of_rows_without_keys")
+def test_public_gradients_of_rows_without_keys(worker):
     """causal with n_q > n_k: rows before the first key have o = 0 whatever the inputs, so their dq
     is 0 and they add nothing to dk and dv (never NaN)."""
     q, grad_o = randn(1, 2, 30, 8, seed=1614, dtype=F64), randn(1, 2, 30, 8, seed=1617, dtype=F64)
