@@ -122,10 +122,11 @@ def test_json_report_has_stable_keys(solutions_report):
 
 def test_bench_prints_its_ratios():
     # short runs: this checks the command and its output, not the speed
-    proc = _cli("bench", "--new-tokens", "24", "--flash-lengths", "256", "--flash-n", "512", "--flash-repeats", "1")
+    proc = _cli("bench", "--new-tokens", "24", "--flash-lengths", "256", "--flash-n", "512", "--flash-repeats", "1",
+                "--students", "2")
     assert proc.returncode == 0, proc.stderr
     for line in ("full hidden suite for", "goal <= 60 s", "cache speed-up", "reference / Hugging Face",
                  "same tokens: cache vs no cache True, reference vs Hugging Face True", "kv_cache_bytes",
                  "forward: naive", "reference/SDPA", "naive/reference",
-                 "n naive reference SDPA naive/ref"):
+                 "n naive reference SDPA naive/ref", "class of 2: 2 graded in", "goal <= 300 s"):
         assert line in " ".join(proc.stdout.split()), line
