@@ -18,6 +18,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import fcntl
 import json
@@ -414,9 +415,16 @@ def interpreter_for(uid: int) -> tuple[str | None, str]:
             continue
         if out.returncode == 0 and out.stdout.strip() == version:
             _cache["python"] = (candidate, "")
-            partial = record.with_suffix(".partial")
-            partial.write_text(json.dumps({"key": key, "python": candidate, "stat": _identity(candidate)}))
-            os.replace(partial, record)
+            # a file of this process's own, then renamed: graders that probe at once (two
+            # pytest workers, two jobs) each rename theirs, and the record is whole either way
+            fd, partial = tempfile.mkstemp(dir=record.parent, prefix=".python-probe-", suffix=".partial")
+            try:
+                with os.fdopen(fd, "w") as f:
+                    f.write(json.dumps({"key": key, "python": candidate, "stat": _identity(candidate)}))
+                os.replace(partial, record)
+            except OSError:  # only the cache is lost: the next grader probes again
+                with contextlib.suppress(OSError):
+                    os.unlink(partial)
             return _cache["python"]  # type: ignore[return-value]
         last = (out.stderr.strip().splitlines() or ["wrong version " + out.stdout.strip()])[-1]
         tried.append(f"{candidate}: {last[:120]}")
